@@ -48,9 +48,11 @@ def synthetic_images(count: int, size: int, m: float, generator: torch.Generator
     return gaussian_field(count, 3, size, log_d, generator).clamp(-1, 1).float()
 
 
-def build_schedule(cfg: DemoConfig, image_size: int) -> DiffusionSchedule:
+def build_schedule(cfg: DemoConfig, image_size: int, data: torch.Tensor) -> DiffusionSchedule:
+    """SPD with the spectrum fitted to the training data (c2 fixed), as a user would centre a search."""
     if cfg.schedule == "spd":
-        return SPDSchedule(image_size, cfg.steps)
+        fit = fit_spectrum(power_spectrum(data), c2=DATA_C2)
+        return SPDSchedule(image_size, cfg.steps, m=fit.m, c1=fit.c1, c2=fit.c2)
     if cfg.schedule == "ddpm":
         return DDPMSchedule(cfg.steps, "linear")
     raise ValueError(f"--schedule {cfg.schedule!r} must be 'spd' or 'ddpm'")
@@ -63,7 +65,7 @@ def run(cfg: DemoConfig) -> dict:
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     model = UNet.from_preset(cfg.preset)
     size = model.config.image_size
-    schedule = build_schedule(cfg, size)
+    schedule = build_schedule(cfg, size, synthetic_images(1024, size, cfg.data_m, torch.Generator().manual_seed(cfg.seed + 2)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     losses, start = [], time.perf_counter()

@@ -86,7 +86,12 @@ class GroupNorm32(nn.GroupNorm):
 
 
 def norm(channels: int) -> nn.GroupNorm:
-    return GroupNorm32(math.gcd(32, channels), channels)
+    """GroupNorm(32) as guided-diffusion for >= 128 channels; at least 4 channels per group below that.
+
+    With one channel per group (16 channels, 16 groups) GroupNorm becomes InstanceNorm and erases
+    every feature map's mean, which small networks need to model the DC frequency.
+    """
+    return GroupNorm32(math.gcd(32, max(1, channels // 4)), channels)
 
 
 class ResBlock(nn.Module):
