@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from .sampling import SamplerConfig, sample
-from .schedule import DDPMSchedule, DiffusionSchedule, SPDSchedule
+from .checkpoint import Checkpoint, save_checkpoint
+from .schedule import ProcessConfig
 from .spectrum import fit_spectrum, freq_radius, gaussian_field, log_spectrum_model, power_spectrum
 from .unet import UNet
 
@@ -48,13 +49,13 @@ def synthetic_images(count: int, size: int, m: float, generator: torch.Generator
     return gaussian_field(count, 3, size, log_d, generator).clamp(-1, 1).float()
 
 
-def build_schedule(cfg: DemoConfig, image_size: int, data: torch.Tensor) -> DiffusionSchedule:
+def build_process(cfg: DemoConfig, data: torch.Tensor) -> ProcessConfig:
     """SPD with the spectrum fitted to the training data (c2 fixed), as a user would centre a search."""
     if cfg.schedule == "spd":
         fit = fit_spectrum(power_spectrum(data), c2=DATA_C2)
-        return SPDSchedule(image_size, cfg.steps, m=fit.m, c1=fit.c1, c2=fit.c2)
+        return ProcessConfig("spd", cfg.steps, m=fit.m, c1=fit.c1, c2=fit.c2)
     if cfg.schedule == "ddpm":
-        return DDPMSchedule(cfg.steps, "linear")
+        return ProcessConfig("ddpm", cfg.steps)
     raise ValueError(f"--schedule {cfg.schedule!r} must be 'spd' or 'ddpm'")
 
 
@@ -65,7 +66,8 @@ def run(cfg: DemoConfig) -> dict:
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     model = UNet.from_preset(cfg.preset)
     size = model.config.image_size
-    schedule = build_schedule(cfg, size, synthetic_images(1024, size, cfg.data_m, torch.Generator().manual_seed(cfg.seed + 2)))
+    process = build_process(cfg, synthetic_images(1024, size, cfg.data_m, torch.Generator().manual_seed(cfg.seed + 2)))
+    schedule = process.build(size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     losses, start = [], time.perf_counter()
@@ -95,7 +97,8 @@ def run(cfg: DemoConfig) -> dict:
         "finite": bool(torch.isfinite(images).all()),
         "seconds": time.perf_counter() - start,
     }
-    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(cfg)}, out / "model.pt")
+    save_checkpoint(out / "model.pt", Checkpoint(unet=model.config, process=process, model=model.state_dict(),
+                                                 extra={"demo": dataclasses.asdict(cfg)}))
     _save_grid(images, out / "samples.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; spectrum exponent m: "

@@ -287,3 +287,28 @@ def fourier_filter(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     if gain.shape[-1] > 1:
         gain = gain[..., : gain.shape[-1] // 2 + 1]
     return combine_filtered([(x, gain)], compute_dtype(x))
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """The diffusion process of a run: SPD with (m, c1, c2) or the DDPM baseline, T steps."""
+
+    kind: Literal["spd", "ddpm"] = "spd"
+    steps: int = 1000
+    m: float = 2.0
+    c1: float = 1.59
+    c2: float = 0.0086
+    ddpm_schedule: Literal["linear", "cosine"] = "linear"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("spd", "ddpm"):
+            raise ValueError(f"process kind={self.kind!r} must be 'spd' or 'ddpm'")
+        check_steps(self.steps)
+        SpectrumParams(c1=self.c1, c2=self.c2, m=self.m)
+        if self.ddpm_schedule not in ("linear", "cosine"):
+            raise ValueError(f"ddpm_schedule={self.ddpm_schedule!r} must be 'linear' or 'cosine'")
+
+    def build(self, image_size: int) -> DiffusionSchedule:
+        if self.kind == "spd":
+            return SPDSchedule(image_size, self.steps, m=self.m, c1=self.c1, c2=self.c2)
+        return DDPMSchedule(self.steps, self.ddpm_schedule)

@@ -1,0 +1,88 @@
+"""Model checkpoints: weights plus the configs needed to rebuild the network and its diffusion process.
+
+Saved atomically (write, then rename) and loaded with ``weights_only=True``: a checkpoint holds tensors
+and plain JSON-able values only, never pickled objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .schedule import DiffusionSchedule, ProcessConfig
+from .unet import UNet, UNetConfig
+
+FORMAT = "spd-tune-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A file is not an spd-tune checkpoint or does not fit the model asked for."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    unet: UNetConfig
+    process: ProcessConfig
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # optimiser state, progress, run config, ...
+
+    def build(self, *, use_ema: bool = True, device: torch.device | str = "cpu") -> tuple[UNet, DiffusionSchedule]:
+        """The network (EMA weights when present and asked for) in eval mode, and its schedule."""
+        model = UNet(self.unet)
+        state = self.ema if use_ema and self.ema is not None else self.model
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint weights do not fit its UNet config: {str(err).splitlines()[0]}") from None
+        return model.to(device).eval(), self.process.build(self.unet.image_size)
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "unet": dataclasses.asdict(ckpt.unet),
+        "process": dataclasses.asdict(ckpt.process),
+        "model": ckpt.model,
+        "ema": ckpt.ema,
+        "extra": ckpt.extra,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a corrupt file, or one that needs unpickling arbitrary objects
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an spd-tune checkpoint (expected format {FORMAT!r})")
+    try:
+        unet = UNetConfig(**payload["unet"])
+        process = ProcessConfig(**payload["process"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} has an invalid config: {err}") from None
+    return Checkpoint(unet=unet, process=process, model=payload["model"], ema=payload.get("ema"),
+                      extra=payload.get("extra") or {})
