@@ -36,6 +36,7 @@ class DataConfig:
     download: bool = False  # cifar10 only
     demo_count: int = 4096
     seed: int = 0
+    cache_dir: str | None = None  # where generated demo images are kept
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -57,9 +58,10 @@ def load_images(cfg: DataConfig) -> np.ndarray:
     elif cfg.name == "folder":
         images = load_image_folder(cfg.root, cfg.image_size)
     else:
-        from .demo_data import dead_leaves
+        from .demo_data import cached_dead_leaves
 
-        images = dead_leaves(cfg.demo_count, cfg.image_size, seed=cfg.seed)
+        count = min(cfg.demo_count, cfg.limit or cfg.demo_count)
+        images = cached_dead_leaves(count, cfg.image_size, seed=cfg.seed, cache_dir=cfg.cache_dir)
     return images[: cfg.limit] if cfg.limit else images
 
 
