@@ -9,6 +9,7 @@ names the layout expected.
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -33,7 +34,7 @@ class DataConfig:
     image_size: int = 32
     split: str = "train"  # cifar10: train | test; imagenet64: train | val
     limit: int | None = None  # first N images only
-    download: bool = False  # cifar10 only
+    download: bool = True  # cifar10 only: fetch it into the data root when it is not there
     demo_count: int = 4096
     seed: int = 0
     cache_dir: str | None = None  # where generated demo images are kept
@@ -41,7 +42,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
             raise DataError(f"data set {self.name!r} is not one of {list(DATASETS)}")
-        if self.name in ("cifar10", "imagenet64", "folder") and not self.root:
+        if self.name in ("imagenet64", "folder") and not self.root:
             raise DataError(f"data set {self.name!r} needs a data folder (--data-dir)")
         if self.name == "cifar10" and self.image_size != 32:
             raise DataError(f"cifar10 images are 32x32, got image_size={self.image_size}")
@@ -52,7 +53,7 @@ class DataConfig:
 def load_images(cfg: DataConfig) -> np.ndarray:
     """The data set as uint8 [N, H, W, 3]."""
     if cfg.name == "cifar10":
-        images = load_cifar10(cfg.root, train=cfg.split == "train", download=cfg.download)
+        images = load_cifar10(cfg.root or default_data_root(), train=cfg.split == "train", download=cfg.download)
     elif cfg.name == "imagenet64":
         images = load_imagenet64(cfg.root, split=cfg.split, image_size=cfg.image_size)
     elif cfg.name == "folder":
@@ -63,6 +64,11 @@ def load_images(cfg: DataConfig) -> np.ndarray:
         count = min(cfg.demo_count, cfg.limit or cfg.demo_count)
         images = cached_dead_leaves(count, cfg.image_size, seed=cfg.seed, cache_dir=cfg.cache_dir)
     return images[: cfg.limit] if cfg.limit else images
+
+
+def default_data_root() -> Path:
+    """Where downloadable data sets go when no --data-dir is given: $SPD_TUNE_DATA or ~/.cache/spd_tune/data."""
+    return Path(os.environ.get("SPD_TUNE_DATA") or Path.home() / ".cache" / "spd_tune" / "data")
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------------
@@ -85,8 +91,10 @@ def load_cifar10(root: str | Path, *, train: bool = True, download: bool = False
 
     root = Path(root).expanduser().resolve()
     folder = root / CIFAR10.base_folder
-    if not download and not folder.is_dir():
-        raise DataError(f"CIFAR-10 not found: expected {CIFAR10_LAYOUT.format(root=root)}")
+    if not folder.is_dir():
+        if not download:
+            raise DataError(f"CIFAR-10 not found: expected {CIFAR10_LAYOUT.format(root=root)}")
+        _download_cifar10(root)
     cls = CIFAR10
     if md5_overrides:
         def relist(files):
@@ -98,11 +106,23 @@ def load_cifar10(root: str | Path, *, train: bool = True, download: bool = False
             "meta": {**CIFAR10.meta, "md5": md5_overrides.get(CIFAR10.meta["filename"], CIFAR10.meta["md5"])},
         })
     try:
-        dataset = cls(str(root), train=train, download=download)
+        dataset = cls(str(root), train=train, download=False)
     except RuntimeError as err:
         raise DataError(f"CIFAR-10 in {folder} is incomplete or corrupted ({err}); expected "
                         f"{CIFAR10_LAYOUT.format(root=root)}") from None
     return np.ascontiguousarray(dataset.data, dtype=np.uint8)
+
+
+def _download_cifar10(root: Path) -> None:
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    root.mkdir(parents=True, exist_ok=True)
+    try:  # torchvision checks the archive's md5 before unpacking it
+        download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+    except Exception as err:  # offline, DNS failure, HTTP error, bad archive
+        raise DataError(f"CIFAR-10 is not in {root} and downloading it failed ({type(err).__name__}: {err}); "
+                        f"expected {CIFAR10_LAYOUT.format(root=root)}") from None
 
 
 # --- downsampled ImageNet and image folders -------------------------------------------------------

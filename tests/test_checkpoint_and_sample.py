@@ -45,6 +45,7 @@ def test_ddpm_process_builds_the_baseline():
         ProcessConfig(steps=2)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_checkpoints_are_clear_errors(tmp_path, checkpoint_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")

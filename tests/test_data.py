@@ -62,11 +62,23 @@ def test_cifar10_checksums_are_enforced(tmp_path):
         load_cifar10(tmp_path, md5_overrides=md5)
 
 
-def test_missing_cifar10_names_the_layout(tmp_path):
+def test_missing_cifar10_names_the_layout(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="cifar-10-batches-py/ with data_batch_1"):
         load_cifar10(tmp_path / "nowhere")
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    with pytest.raises(DataError, match="downloading it failed.*cifar-10-batches-py/ with data_batch_1"):
+        load_cifar10(tmp_path / "nowhere", download=True)
+    # with no --data-dir the download goes to the data root
+    monkeypatch.setenv("SPD_TUNE_DATA", str(tmp_path / "dataroot"))
+    with pytest.raises(DataError, match="not in .*dataroot and downloading it failed"):
+        load_images(DataConfig("cifar10"))
     with pytest.raises(DataError, match="needs a data folder"):
-        DataConfig("cifar10")
+        DataConfig("imagenet64")
 
 
 def test_imagenet64_npz_batches_and_folder_fallback(tmp_path):

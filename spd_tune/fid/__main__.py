@@ -22,7 +22,9 @@ from .weights import WeightsError
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="data folder of the reference data set")
+    common.add_argument("--data-dir", help="data folder of the reference data set (cifar10: downloaded into "
+                                           "$SPD_TUNE_DATA or ~/.cache/spd_tune/data when not given)")
+    common.add_argument("--no-data-download", action="store_true", help="cifar10: never download the data set")
     common.add_argument("--split", default="train", help="reference split (default: train, as the SPD reference)")
     common.add_argument("--n", type=int, default=None, help="first N reference images (default: all)")
     common.add_argument("--image-size", type=int, default=None, help="image size (default: the data set's)")
@@ -49,11 +51,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _reference(args, dataset: str, image_size: int | None):
     size = args.image_size or image_size or {"imagenet64": 64}.get(dataset, 32)
-    data = DataConfig(dataset, root=args.data_dir, image_size=size, split=args.split, limit=args.n, seed=args.seed)
+    data = DataConfig(dataset, root=args.data_dir, image_size=size, split=args.split, limit=args.n, seed=args.seed,
+                      download=not args.no_data_download)
     spec = FeatureSpec(dims=args.dims, weights="random" if args.proxy else "pytorch-fid",
                        weights_path=args.fid_weights, download=not args.no_download)
+    images = load_images(data)  # a missing data folder fails before the network is built
     features = InceptionFeatures(spec, device=args.device, batch_size=args.batch_size)
-    images = load_images(data)
     stats, path = reference_stats(images, features, args.cache_dir)
     return features, stats, path
 
