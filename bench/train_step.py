@@ -23,18 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from spd_tune.flops import peak_bf16_flops  # noqa: E402
 from spd_tune.schedule import DDPMSchedule, SPDSchedule  # noqa: E402
 from spd_tune.unet import UNet, parameter_count  # noqa: E402
-
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched by device-name substring.
-PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
 
 
 def sync(device: torch.device) -> None:
@@ -129,7 +120,7 @@ def run(args: argparse.Namespace) -> dict:
     timed(noising, 3)
     noise_s = timed(noising, args.iters)
     flops = count_step_flops(net, schedule, x0, *draw(), autocast)
-    peak = peak_flops(device) if bf16 else None
+    peak = peak_bf16_flops(device) if bf16 else None
     result = {
         "device": torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,

@@ -257,3 +257,20 @@ class ShardedBatches:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return (self.batch(step) for step in itertools.count())
+
+
+def check_available(cfg: DataConfig) -> None:
+    """Fail fast, before any worker starts, when the data cannot be had (downloading CIFAR-10 if allowed)."""
+    if cfg.name == "cifar10":
+        from torchvision.datasets import CIFAR10
+
+        root = Path(cfg.root or default_data_root()).expanduser().resolve()
+        if not (root / CIFAR10.base_folder).is_dir():
+            if not cfg.download:
+                raise DataError(f"CIFAR-10 not found: expected {CIFAR10_LAYOUT.format(root=root)}")
+            _download_cifar10(root)
+    elif cfg.name in ("imagenet64", "folder"):
+        root = Path(cfg.root).expanduser()
+        if not root.is_dir():
+            layout = IMAGENET64_LAYOUT.format(root=root) if cfg.name == "imagenet64" else "a folder of images"
+            raise DataError(f"data folder not found: {root}; expected {layout}")

@@ -1,0 +1,91 @@
+"""The in-training evaluation: every worker samples its share, statistics are merged, rank 0 scores.
+
+Sample i of an evaluation always uses seed ``eval.seed + i``, and rank r of W generates i = r, r + W, ...,
+so the score does not depend on the worker count. Collectives go through torch.distributed when a
+process group is up (Ray Train sets it up), so this module knows nothing about Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .config import TrainConfig
+from .data import load_images, to_uint8
+from .fid import FeatureSpec, InceptionFeatures, RunningStats, reference_stats
+from .fid.reference import default_cache_dir
+from .fid.stats import merge_all
+from .sampling import SamplerConfig, sample
+from .schedule import DiffusionSchedule
+
+SAMPLE_BATCH = 256
+
+
+def metric_name(cfg: TrainConfig) -> str:
+    """The evaluation metric's name, known before any weights are loaded on workers."""
+    f = cfg.eval.features
+    if f.weights == "random":
+        return f"proxy_fd{f.dims}"
+    from .fid import resolve_fid_weights
+
+    resolved = resolve_fid_weights(f.weights_path)
+    if not resolved.is_fid:
+        return f"proxy_fd{f.dims}"
+    return "fid" if f.dims == 2048 else f"fd_inception{f.dims}"
+
+
+def _gather(obj, world_size: int) -> list:
+    if world_size == 1 or not dist.is_available() or not dist.is_initialized():
+        return [obj]
+    out = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class Evaluator:
+    def __init__(self, cfg: TrainConfig, device: torch.device, rank: int, world_size: int):
+        self.cfg, self.device, self.rank, self.world = cfg, device, rank, world_size
+        f = cfg.eval.features
+        self.features = InceptionFeatures(FeatureSpec(dims=f.dims, weights=f.weights, weights_path=f.weights_path),
+                                          device=device)
+        self.metric = self.features.metric_name
+        self.sampler = SamplerConfig(cfg.eval.sampler, steps=cfg.eval.sampler_steps, eta=cfg.eval.eta)
+        self.reference: RunningStats | None = None
+        if rank == 0:  # cached on disk by content hash: computed once per (data, count, weights)
+            ref_data = dataclasses.replace(cfg.data, split=cfg.eval.ref_split, limit=cfg.eval.ref_count,
+                                           seed=cfg.eval.ref_seed)
+            cache = default_cache_dir() if cfg.data.cache_dir is None else f"{cfg.data.cache_dir}/fid_stats"
+            self.reference, _ = reference_stats(load_images(ref_data), self.features, cache)
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, schedule: DiffusionSchedule) -> tuple[float, int, np.ndarray]:
+        """(score, number of samples scored, uint8 grid images) on rank 0; (nan, 0, empty) elsewhere."""
+        cfg = self.cfg.eval
+        unet = self.cfg.unet
+        shape = (unet.in_channels, unet.image_size, unet.image_size)
+        seeds = list(range(cfg.seed + self.rank, cfg.seed + cfg.samples, self.world))
+        stats, finite, grid = RunningStats(self.features.spec.dims), True, []
+        for start in range(0, len(seeds), SAMPLE_BATCH):
+            batch = seeds[start: start + SAMPLE_BATCH]
+            images = sample(model, schedule, batch, shape, config=self.sampler, device=self.device)
+            if not bool(torch.isfinite(images).all()):
+                finite = False  # a diverged model: score inf, and never feed NaN to the linear algebra
+                break
+            u8 = to_uint8(images)
+            self.features.stats(u8, into=stats)
+            grid += [(s, im) for s, im in zip(batch, u8.cpu().numpy()) if s < cfg.seed + cfg.grid]
+        parts = _gather((stats.state(), finite, grid), self.world)
+        if self.rank != 0:
+            return math.nan, 0, np.zeros((0,) + shape[1:] + (shape[0],), np.uint8)
+        grid_images = [im for _, im in sorted((g for _, _, part in parts for g in part), key=lambda g: g[0])]
+        grid_array = np.stack(grid_images) if grid_images else np.zeros((0,) + shape[1:] + (shape[0],), np.uint8)
+        if not all(ok for _, ok, _ in parts):
+            return math.inf, 0, grid_array
+        merged = merge_all([RunningStats.from_state(state) for state, _, _ in parts])
+        from .fid import score
+
+        return score(merged, self.reference), merged.n, grid_array
