@@ -136,7 +136,7 @@ def run_worker(cfg: TrainConfig, session: Session) -> None:
                         f"{cfg.eval.sampler} sampler, {cfg.eval.sampler_steps or cfg.process.steps} steps")
             eval_start = time.perf_counter()
             value, scored, grid = evaluator(ema, schedule)
-            metrics = {"kimg": kimg_at(done, cfg), "step": done, "loss": loss_value, "lr": lr,
+            metrics = {"kimg": kimg_at(done, cfg), "step": done, "start_step": start_step, "loss": loss_value, "lr": lr,
                        "img_per_s": images_seen / max(elapsed, 1e-9), "eval_s": time.perf_counter() - eval_start,
                        "eval_samples": scored, evaluator.metric: value}
             state = None

@@ -1,4 +1,9 @@
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -11,3 +16,13 @@ def private_caches(tmp_path_factory):
     mp.delenv("SPD_TUNE_FID_WEIGHTS", raising=False)
     yield root
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(private_caches):
+    """One private Ray cluster for all Ray tests of the session (see tests/ray_cluster.py)."""
+    from ray_cluster import LocalRayCluster
+
+    cluster = LocalRayCluster(num_cpus=2).start()
+    yield cluster
+    cluster.stop()

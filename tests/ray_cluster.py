@@ -1,0 +1,89 @@
+"""A private single-node Ray cluster for tests: loopback only, explicit ports, its own temp dir, stopped by PID.
+
+``ray start --head --block`` runs as our child; SIGTERM to it stops every process it started, so nothing
+else on the machine is touched (no ``ray stop``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Set before the head starts, so the raylet and every worker inherit them (ray-stack.md §10).
+TEST_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # bind 127.0.0.1 only
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalRayCluster:
+    def __init__(self, num_cpus: int = 2, resources: str | None = None):
+        self.num_cpus, self.resources = num_cpus, resources
+        self.temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # AF_UNIX paths live here: keep it short
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> "LocalRayCluster":
+        os.environ.update(TEST_ENV)
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{self.dashboard_port}"
+        worker_base = random.randrange(20000, 40000, 200)
+        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+               "--node-ip-address=127.0.0.1", f"--port={self.port}", f"--num-cpus={self.num_cpus}",
+               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+               f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+               f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+               f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+               f"--metrics-export-port={free_port()}", f"--min-worker-port={worker_base}",
+               f"--max-worker-port={worker_base + 199}", f"--temp-dir={self.temp_dir}",
+               "--object-store-memory=200000000", "--disable-usage-stats"]
+        if self.resources:
+            cmd.append(f"--resources={self.resources}")
+        self.log = open(Path(self.temp_dir) / "ray-start.log", "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        import ray
+
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited: {(Path(self.temp_dir) / 'ray-start.log').read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        ray.init(address=self.address, log_to_driver=True)
+        return self
+
+    def stop(self) -> None:
+        import ray
+
+        ray.shutdown()
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the process group we started, nothing else
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        self.log.close()
