@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=None, help="default: on for GPUs")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--workers", type=int, default=0, help="also time the step inside N Ray Train workers (DDP), "
+                                                           "1 CPU and 1 thread each, against the bare step on 1 thread")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return p.parse_args(argv)
 
@@ -61,7 +63,8 @@ def count_step_flops(model, schedule, x0, t, noise, autocast) -> float:
     return float(counter.get_total_flops())
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, prepare=None) -> dict:
+    """Time the step in this process; ``prepare`` wraps the network (Ray Train's prepare_model: DDP)."""
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     bf16 = gpu if args.bf16 is None else args.bf16
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> dict:
     net = UNet.from_preset(args.preset).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
-    model = torch.compile(net) if args.compile else net
+    model = prepare(net) if prepare else net
+    model = torch.compile(model) if args.compile else model
     size = net.config.image_size
     schedule = SPDSchedule(size, args.steps) if args.schedule == "spd" else DDPMSchedule(args.steps)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.0, fused=fused or None)
@@ -144,9 +148,61 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def run_ray_workers(args: argparse.Namespace) -> dict:
+    """The same step inside Ray Train workers (start-up and warm-up excluded); rank 0's figures."""
+    import os
+    import tempfile
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                              os.environ.get("PYTHONPATH")]))
+    import ray
+    import ray.train
+    import ray.train.torch
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(args.workers, os.cpu_count() or 1), include_dashboard=False)
+    config = {**vars(args), "workers": 0, "json": None, "threads": 1}
+    script = str(Path(__file__).resolve())
+
+    def worker(cfg: dict) -> None:  # loads this file inside the worker rather than pickling its globals
+        import runpy
+
+        import ray.train
+        import ray.train.torch
+
+        bench = runpy.run_path(script)
+        figures = bench["run"](argparse.Namespace(**cfg),
+                               prepare=lambda net: ray.train.torch.prepare_model(net, move_to_device=False))
+        if ray.train.get_context().get_world_rank() == 0:  # single node: the driver reads the file
+            Path(figures_path).write_text(json.dumps(figures))
+        ray.train.report({})
+
+    with tempfile.TemporaryDirectory() as storage:
+        figures_path = str(Path(storage) / "figures.json")
+        TorchTrainer(
+            worker, train_loop_config=config,
+            scaling_config=ray.train.ScalingConfig(num_workers=args.workers, resources_per_worker={"CPU": 1}),
+            run_config=ray.train.RunConfig(storage_path=storage, name="bench"),
+        ).fit()
+        figures = json.loads(Path(figures_path).read_text())
+    ray.shutdown()
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.workers:
+        args.threads = 1  # Ray gives a 1-CPU worker one thread; the baseline gets the same
     result = run(args)
+    if args.workers:
+        ray_figures = run_ray_workers(args)
+        result["ray_workers"] = args.workers
+        result["ray_img_per_s_per_worker"] = ray_figures["img_per_s"]
+        result["ray_overhead"] = ray_figures["step_ms"] / result["step_ms"] - 1
+        print(f"Ray Train, {args.workers} worker(s) x 1 thread: {ray_figures['img_per_s']:.1f} img/s per worker, "
+              f"step {ray_figures['step_ms']:.1f} ms vs {result['step_ms']:.1f} ms bare "
+              f"(overhead {result['ray_overhead']:+.1%})")
     mfu = f"  MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
     print(
         f"{result['device']} | {result['preset']} batch {result['batch']} {result['schedule']} T={result['T']} "
