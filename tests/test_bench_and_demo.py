@@ -1,10 +1,12 @@
-"""The entry points run end to end: the bare-torch training-step benchmark and the offline demo."""
+"""The benchmarks run end to end, with nothing but torch on the bare-step path."""
 
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,14 +60,15 @@ print(c.get_total_flops() / 1e9)
     assert abs(float(proc.stdout.strip()) - 16.8) < 0.3
 
 
-def test_offline_demo_trains_and_samples(tmp_path):
-    from spd_tune.demo import main
-
-    summary = main(["--output", str(tmp_path / "demo"), "--train-iters", "60", "--samples", "8",
-                    "--sample-steps", "10", "--batch", "16"])
-    assert summary["finite"]
-    assert summary["last_loss"] < summary["first_loss"]
-    assert 1.5 < summary["data_m"] < 2.5
-    for name in ("config.json", "summary.json", "samples.png", "model.pt"):
-        assert (tmp_path / "demo" / name).stat().st_size > 0
-    assert json.loads((tmp_path / "demo" / "config.json").read_text())["train_iters"] == 60
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_bench_times_the_step_inside_ray_train_workers(tmp_path, ray_cluster):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "train_step.py"), "--preset", "micro", "--batch", "8",
+                           "--iters", "2", "--warmup", "1", "--workers", "2", "--json", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=360)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["ray_workers"] == 2 and result["ray_img_per_s_per_worker"] > 0
+    assert "Ray Train, 2 worker(s)" in proc.stdout
