@@ -161,7 +161,10 @@ def run_ray_workers(args: argparse.Namespace) -> dict:
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        ray.init(num_cpus=max(args.workers, os.cpu_count() or 1), include_dashboard=False)
+        if os.environ.get("RAY_ADDRESS"):  # an existing cluster
+            ray.init()
+        else:
+            ray.init(num_cpus=max(args.workers, os.cpu_count() or 1), include_dashboard=False)
     config = {**vars(args), "workers": 0, "json": None, "threads": 1}
     script = str(Path(__file__).resolve())
 
