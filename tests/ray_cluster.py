@@ -36,6 +36,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _free_port_block(size: int) -> int:
+    """A block of ports below the kernel's ephemeral range, where free_port() never lands, all bindable now."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) if Path(
+        "/proc/sys/net/ipv4/ip_local_port_range").exists() else 32768
+    for _ in range(50):
+        base = random.randrange(10000, low - size, size)
+        try:
+            for port in range(base, base + size, 17):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free block of worker ports")
+
+
 class LocalRayCluster:
     def __init__(self, num_cpus: int = 2, resources: str | None = None):
         self.num_cpus, self.resources = num_cpus, resources
@@ -47,7 +63,7 @@ class LocalRayCluster:
     def start(self, timeout: float = 120) -> "LocalRayCluster":
         os.environ.update(TEST_ENV)
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{self.dashboard_port}"
-        worker_base = random.randrange(20000, 40000, 200)
+        worker_base = _free_port_block(200)
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
                "--node-ip-address=127.0.0.1", f"--port={self.port}", f"--num-cpus={self.num_cpus}",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",

@@ -1,0 +1,258 @@
+"""The search service: ``python -m spd_tune.search {cifar10 | imagenet64 | demo | SPACE.yaml}``.
+
+Ray Tune runs one function trainable per trial, which launches that trial's Ray Train job (named
+``train-<trial id>``, so a restarted trial resumes its own run). OptunaSearch (seeded TPE, persistent SQLite
+study, the training config's own point first) proposes trials; ASHA stops poor ones at the kimg rungs, where
+every trial evaluates and checkpoints; stopped trials reach Optuna as PRUNED with their intermediate values.
+MLflow is written by one driver-side callback. The champion's checkpoint is copied to ``<output>/best/`` and
+registered in the MLflow Model Registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+from .search_space import Space, load_space
+
+TRIAL_RESOURCES = {"cpu": 0, "memory": 1}  # the trial driver itself holds no CPU (ray-stack.md §4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a search writes: everything under one folder unless moved by --storage-path / --optuna-storage."""
+
+    root: Path
+    storage_path: str  # Tune and Train results and checkpoints
+    optuna_url: str
+    tracking_uri: str
+
+    @classmethod
+    def of(cls, space: Space, storage_path: str | None, optuna_storage: str | None, tracking_uri: str | None):
+        root = Path(space.train.output) / space.train.name
+        from .tracking import tracking_uri_for
+
+        return cls(root=root, storage_path=storage_path or str(root / "ray"),
+                   optuna_url=optuna_storage or f"sqlite:///{root / 'optuna.db'}",
+                   tracking_uri=tracking_uri or tracking_uri_for(root))
+
+
+def trial_driver(params: dict, space: Space, storage_path: str) -> None:
+    """One trial: build its training config and run it as a Ray Train job, forwarding reports to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .launch import build_trainer
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg = space.trial_config({name: params[name] for name in space.search.params})
+    trainer = build_trainer(cfg, space.metric, name=f"train-{trial_id}", storage_path=storage_path,
+                            callbacks=[TuneReportCallback()])
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+
+
+def make_searcher(space: Space, layout: Layout):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class PruningOptunaSearch(OptunaSearch):
+        """Intermediate values keyed by training images (stable across restores), and ASHA stops as PRUNED."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            value = result.get(self.metric)
+            if value is not None and math.isfinite(value):
+                self._ot_trials[trial_id].report(value, int(round(float(result.get("kimg", 0)) * 1000)))
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            stopped = result is not None and float(result.get("kimg", 0)) < space.max_kimg - 1e-9
+            if stopped and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
+            super().on_trial_complete(trial_id, result, error)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    points = [space.default_point()] if space.search.enqueue_defaults else None
+    return PruningOptunaSearch(
+        metric=space.metric, mode="min", study_name=space.train.name, points_to_evaluate=points,
+        sampler=optuna.samplers.TPESampler(seed=space.search.seed, n_startup_trials=space.search.startup_trials),
+        storage=optuna.storages.RDBStorage(layout.optuna_url))
+
+
+def concurrency(space: Space) -> int:
+    """Trials that fit at once on the cluster's CPUs and GPUs (never more: the rest would wait PENDING)."""
+    import ray
+
+    have = ray.cluster_resources()
+    r = space.train.resources
+    fits = []
+    for key, per in (("CPU", r.cpus_per_worker * r.workers), ("GPU", r.gpus_per_worker * r.workers)):
+        if per > 0:
+            fits.append(int(have.get(key, 0) // per + 1e-9))
+    fit = min(fits) if fits else 1
+    if fit < 1:
+        raise ConfigError(f"one trial needs {r.workers} workers x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU);"
+                          f" the cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU")
+    wanted = space.search.max_concurrent
+    if wanted is not None and wanted > fit:
+        raise ConfigError(f"search.max_concurrent={wanted} trials do not fit: the cluster runs at most {fit} at once")
+    return min(wanted or fit, space.search.trials)
+
+
+def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from .tracking import MLflowCallback
+
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, space=space, storage_path=layout.storage_path), TRIAL_RESOURCES)
+    experiment = str(Path(layout.storage_path) / "tune")
+    if resume:
+        if not tune.Tuner.can_restore(str(Path(experiment) / space.train.name)):
+            raise ConfigError(f"--resume: no search to resume under {Path(experiment) / space.train.name}")
+        return tune.Tuner.restore(str(Path(experiment) / space.train.name), trainable=trainable,
+                                  resume_unfinished=True, resume_errored=True)
+    asha = space.search.asha
+    return tune.Tuner(
+        trainable,
+        param_space={name: spec.tune_domain() for name, spec in space.search.params.items()},
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode="min", num_samples=space.search.trials, search_alg=make_searcher(space, layout),
+            scheduler=ASHAScheduler(time_attr="kimg", max_t=space.max_kimg, grace_period=asha.grace_kimg,
+                                    reduction_factor=asha.reduction_factor),
+            max_concurrent_trials=max_concurrent, time_budget_s=space.search.time_budget_s),
+        run_config=tune.RunConfig(
+            name=space.train.name, storage_path=experiment,
+            callbacks=[MLflowCallback(layout.tracking_uri, space.train.name, str(layout.root / "mlartifacts"),
+                                      space.max_kimg, list(space.search.params))],
+            failure_config=tune.FailureConfig(max_failures=1)),
+    )
+
+
+def champion(space: Space, layout: Layout, results) -> dict | None:
+    """Copy the best trial's best checkpoint to <root>/best/ and register it in MLflow."""
+    import ray.train
+
+    try:
+        best = results.get_best_result(metric=space.metric, mode="min", scope="all", filter_nan_and_inf=True)
+    except RuntimeError:
+        return None
+    trial_id = best.metrics["trial_id"]
+    run = ray.train.Result.from_path(str(Path(layout.storage_path) / f"train-{trial_id}"))
+    checkpoint = run.get_best_checkpoint(space.metric, "min")
+    if checkpoint is None:
+        return None
+    target = layout.root / "best"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(checkpoint.path, target)
+    from .champion import export_weights, register
+
+    weights = export_weights(target)
+    score = min(v for v in best.metrics_dataframe[space.metric] if math.isfinite(v))
+    info = {"trial_id": trial_id, space.metric: score, "checkpoint": str(checkpoint.path), "best_dir": str(target),
+            "params": {k: best.config[k] for k in space.search.params}}
+    (target / "champion.json").write_text(json.dumps(info, indent=2))
+    info["model"] = register(space, layout, trial_id, weights, target / "champion.json")
+    return info
+
+
+def summary_table(space: Space, results) -> str:
+    rows = []
+    for r in results:
+        df = r.metrics_dataframe
+        metric = df[space.metric].min() if df is not None and space.metric in df else math.nan
+        kimg = r.metrics.get("kimg", 0) if r.metrics else 0
+        state = "error" if r.error else ("stopped" if kimg < space.max_kimg - 1e-9 else "complete")
+        rows.append((metric, r.metrics.get("trial_id", "?") if r.metrics else "?", r.config, kimg, state))
+    rows.sort(key=lambda row: (math.isnan(row[0]), row[0]))
+    names = list(space.search.params)
+    lines = [f"{'trial':<12}" + "".join(f"{n:>12}" for n in names) + f"{space.metric:>14}{'kimg':>8}  state"]
+    for metric, trial_id, config, kimg, state in rows:
+        values = "".join(f"{_fmt(config.get(n)):>12}" for n in names)
+        lines.append(f"{trial_id:<12}{values}{metric:>14.4f}{kimg:>8g}  {state}")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m spd_tune.search", description=__doc__.split("\n\n")[0])
+    p.add_argument("space", help="cifar10, imagenet64, demo, or a path to a space YAML")
+    p.add_argument("--trials", type=int)
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--output", help="where the search writes (default: ./spd_runs)")
+    p.add_argument("--storage-path", help="Ray Tune/Train results and checkpoints (shared storage on a cluster)")
+    p.add_argument("--optuna-storage", help="the Optuna study's database URL (default: SQLite under --output)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under --output)")
+    p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    p.add_argument("--dry-run", action="store_true", help="print the space, the resource plan and the paths; exit")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any key of the space file, e.g. train.optim.warmup_kimg=1 or search.trials=20")
+    args = p.parse_args(argv)
+    from .launch import USER_ERRORS, ensure_ray
+
+    sets = list(args.set)
+    if args.trials is not None:
+        sets.append(f"search.trials={args.trials}")
+    if args.max_concurrent is not None:
+        sets.append(f"search.max_concurrent={args.max_concurrent}")
+    try:
+        space = load_space(args.space, sets, output=args.output)
+        layout = Layout.of(space, args.storage_path, args.optuna_storage, args.tracking_uri)
+        if args.dry_run:
+            print(describe(space, layout))
+            return 0
+        from .data import check_available
+
+        check_available(space.train.data)
+        ensure_ray(args.address)
+        max_concurrent = concurrency(space)
+        layout.root.mkdir(parents=True, exist_ok=True)
+        print(describe(space, layout, max_concurrent), flush=True)
+        results = build_tuner(space, layout, max_concurrent, args.resume).fit()
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary_table(space, results))
+    best = champion(space, layout, results)
+    if best is None:
+        print("no trial produced a finite score; nothing registered", file=sys.stderr)
+        return 1
+    print(f"champion: trial {best['trial_id']}, {space.metric} {best[space.metric]:.4f}, params {best['params']}")
+    print(f"  checkpoint copied to {best['best_dir']}; registered as {best.get('model')}")
+    print(f"compare the trials: python -m spd_tune.ui {layout.root}")
+    return 0
+
+
+def describe(space: Space, layout: Layout, max_concurrent: int | None = None) -> str:
+    lines = [f"search {space.train.name}: {space.search.trials} trials, metric {space.metric} (min)"]
+    for name, spec in space.search.params.items():
+        rng = f"{list(spec.choices)}" if spec.type == "categorical" else f"[{spec.low:g}, {spec.high:g}]"
+        lines.append(f"  {name:<8} {spec.type:<12} {rng}{' log' if spec.log else ''}  -> {spec.path}")
+    lines.append(f"  first trial (the config's own values): {space.default_point()}")
+    lines.append(f"  ASHA rungs at kimg {space.rungs()} (evaluate + checkpoint at each)")
+    r = space.train.resources
+    lines.append(f"resources per trial: {r.workers} workers x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU)"
+                 + (f"; {max_concurrent} trials at once" if max_concurrent else ""))
+    lines.append(f"writes: results {layout.storage_path}; Optuna {layout.optuna_url}; MLflow {layout.tracking_uri}; "
+                 f"champion {layout.root / 'best'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

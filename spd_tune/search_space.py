@@ -1,0 +1,200 @@
+"""The search section of a space file: what is searched, how trials are scheduled, what is scored.
+
+    search:
+      trials: 8
+      params:                       # flat names, as they appear in MLflow and Optuna
+        m:  {path: process.m, type: float, low: 1.5, high: 3.5}
+        T:  {path: process.steps, type: int, low: 100, high: 400, log: true}
+        lr: {path: optim.lr, type: float, low: 5.0e-4, high: 5.0e-3, log: true}
+      asha: {grace_kimg: 2, reduction_factor: 2, max_kimg: 8}
+
+Every error names the key, the value and what is allowed, and is raised before Ray starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import ConfigError, TrainConfig, apply_overrides, from_dict, read_document, resolve_config_path
+
+PARAM_TYPES = ("float", "int", "categorical")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    path: str  # dotted key of the training config
+    type: str = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def validate(self, name: str) -> None:
+        where = f"search.params.{name}"
+        if self.type not in PARAM_TYPES:
+            raise ConfigError(f"{where}.type={self.type!r} must be one of {list(PARAM_TYPES)}")
+        if self.type == "categorical":
+            if len(self.choices) < 1:
+                raise ConfigError(f"{where}.choices must list at least one value")
+            return
+        if self.low is None or self.high is None:
+            raise ConfigError(f"{where} needs low and high for a {self.type} parameter")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+            raise ConfigError(f"{where}: the range [{self.low}, {self.high}] is empty or inverted (need low < high)")
+        if self.log and self.low <= 0:
+            raise ConfigError(f"{where}: a log range needs low > 0, got low={self.low}")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ConfigError(f"{where}: an int range needs integer bounds, got [{self.low}, {self.high}]")
+
+    def contains(self, value: Any) -> bool:
+        if self.type == "categorical":
+            return value in self.choices
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+    def tune_domain(self):
+        from ray import tune
+
+        if self.type == "categorical":
+            return tune.choice(list(self.choices))
+        if self.type == "int":
+            # tune.randint's upper bound is exclusive
+            return tune.lograndint(int(self.low), int(self.high) + 1) if self.log else tune.randint(
+                int(self.low), int(self.high) + 1)
+        return tune.loguniform(self.low, self.high) if self.log else tune.uniform(self.low, self.high)
+
+
+@dataclass(frozen=True)
+class ASHAConfig:
+    grace_kimg: float = 1.0  # first rung
+    reduction_factor: float = 2.0
+    max_kimg: float | None = None  # default: train.total_kimg
+
+    def __post_init__(self) -> None:
+        if self.grace_kimg <= 0 or self.reduction_factor <= 1:
+            raise ConfigError("search.asha needs grace_kimg > 0 and reduction_factor > 1")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    params: dict = field(default_factory=dict)  # name -> ParamSpec
+    trials: int = 8
+    max_concurrent: int | None = None  # default: what the cluster fits
+    seed: int = 0
+    startup_trials: int = 3  # random trials before TPE
+    time_budget_s: float | None = None
+    enqueue_defaults: bool = True  # the training config's own values (the paper's point) are the first trial
+    asha: ASHAConfig = ASHAConfig()
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise ConfigError(f"search.trials={self.trials} must be >= 1")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(f"search.max_concurrent={self.max_concurrent} must be >= 1")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError("search.time_budget_s must be > 0")
+        if not self.params:
+            raise ConfigError("search.params must name at least one parameter")
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    train: TrainConfig
+    search: SearchConfig
+    metric: str  # the evaluation metric's name (fid, or the proxy's)
+
+    @property
+    def max_kimg(self) -> float:
+        return self.search.asha.max_kimg or self.train.total_kimg
+
+    def rungs(self) -> list[float]:
+        """ASHA's milestones (geometric from grace_kimg), where every trial evaluates and checkpoints."""
+        a, out, k = self.search.asha, [], self.search.asha.grace_kimg
+        while k < self.max_kimg - 1e-9:
+            out.append(round(k, 6))
+            k *= a.reduction_factor
+        return out + [self.max_kimg]
+
+    def default_point(self) -> dict:
+        """The training config's own values of the searched parameters (the paper's configuration)."""
+        doc = self.train.to_dict()
+        point = {}
+        for name, spec in self.search.params.items():
+            node: Any = doc
+            for part in spec.path.split("."):
+                node = node[part]
+            point[name] = node
+        return point
+
+    def trial_config(self, params: dict) -> TrainConfig:
+        """The training config of one trial: the fixed config with the sampled values set."""
+        overrides = [f"{self.search.params[name].path}={_yaml(value)}" for name, value in params.items()]
+        doc = apply_overrides(self.train.to_dict(), overrides)
+        return from_dict(TrainConfig, doc)
+
+
+def _yaml(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def load_space(name_or_path: str, overrides: list[str] = (), output: str | None = None) -> Space:
+    """Parse and validate a whole space file; nothing starts before this passes."""
+    from .config import absolute_paths
+
+    path = resolve_config_path(name_or_path)
+    doc = read_document(path)
+    unknown = sorted(set(doc) - {"train", "search"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: ['search', 'train']")
+    if "search" not in doc:
+        raise ConfigError(f"{path} has no search section")
+    doc = apply_overrides(doc, list(overrides))
+    train_doc = dict(doc.get("train") or {})
+    if output is not None:
+        train_doc["output"] = output
+    train_doc.setdefault("name", path.stem)
+    train = absolute_paths(from_dict(TrainConfig, train_doc, "train."))
+    search_doc = dict(doc["search"] or {})
+    raw_params = search_doc.pop("params", None) or {}
+    if not isinstance(raw_params, dict):
+        raise ConfigError("search.params must be a mapping of name -> {path, type, ...}")
+    params = {}
+    for name, spec in raw_params.items():
+        p = from_dict(ParamSpec, spec, f"search.params.{name}.")
+        p.validate(name)
+        params[name] = p
+    search = from_dict(SearchConfig, {**search_doc, "params": params}, "search.")
+    space = Space(path.stem, train, search, metric="")
+    for name, spec in params.items():  # each path must exist and every value in range must give a valid config
+        try:
+            value = space.default_point()[name]
+        except (KeyError, TypeError):
+            raise ConfigError(f"search.params.{name}.path={spec.path!r} is not a field of the training config") from None
+        for probe in _probes(spec):
+            try:
+                space.trial_config({name: probe})
+            except ConfigError as err:
+                raise ConfigError(f"search.params.{name}: the value {probe!r} gives an invalid config: {err}") from None
+        if search.enqueue_defaults and not spec.contains(value):
+            raise ConfigError(f"search.params.{name}: the training config's value {value!r} (the first trial) is "
+                              f"outside the searched range; widen the range or set search.enqueue_defaults: false")
+    if search.asha.max_kimg is not None and search.asha.max_kimg > train.total_kimg:
+        raise ConfigError(f"search.asha.max_kimg={search.asha.max_kimg} exceeds train.total_kimg={train.total_kimg}")
+    from .evaluation import metric_name
+
+    train = dataclasses.replace(train, total_kimg=space.max_kimg,
+                                eval=dataclasses.replace(train.eval, at_kimg=tuple(space.rungs())))
+    return dataclasses.replace(space, train=train, metric=metric_name(train))
+
+
+def _probes(spec: ParamSpec) -> list:
+    if spec.type == "categorical":
+        return list(spec.choices)
+    if spec.type == "int":
+        return [int(spec.low), int(spec.high)]
+    return [spec.low, spec.high]

@@ -1,0 +1,136 @@
+"""MLflow, written from one place: a Tune callback in the search driver.
+
+One parent run per search, one child run per trial (tagged with the trial id and the parent), flat params
+named as in the space, the metric curve per report with the training images as the step (one batched call
+per report), each report's sample grid and the trial's config. Workers never talk to MLflow, so SQLite sees
+a single writer. Every call is guarded: a tracking server that goes away degrades logging, never training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+log = logging.getLogger("spd_tune.tracking")
+
+# bounded client timeouts (seconds) and retries: a dead server must not stall the search
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+
+SKIP_METRICS = {"step", "start_step", "done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
+                "pid", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name"}
+
+
+def tracking_uri_for(output: Path) -> str:
+    return f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
+
+
+class MLflowTracker:
+    """The parent/child run bookkeeping, reused across a driver restart through tags."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path, search_tags: dict):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location=Path(artifact_root).resolve().as_uri())
+        self.parent_id = self._find_run({"spd_tune.role": "search"}) or self.client.create_run(
+            self.experiment_id, run_name=experiment, tags={"spd_tune.role": "search", **search_tags}).info.run_id
+        self.children: dict[str, str] = {}
+
+    def _find_run(self, tags: dict) -> str | None:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def child(self, trial_id: str, params: dict, config: dict) -> str:
+        if trial_id in self.children:
+            return self.children[trial_id]
+        run_id = self._find_run({"spd_tune.trial_id": trial_id})  # a resumed search reuses the run
+        if run_id is None:
+            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}", tags={
+                "spd_tune.trial_id": trial_id, "spd_tune.role": "trial", "mlflow.parentRunId": self.parent_id}
+            ).info.run_id
+            from mlflow.entities import Param
+
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+                self.client.log_artifact(run_id, str(Path(tmp) / "config.json"))
+        self.children[trial_id] = run_id
+        return run_id
+
+    def log_result(self, run_id: str, result: dict) -> None:
+        from mlflow.entities import Metric
+
+        step = int(round(float(result.get("kimg", 0)) * 1000))  # training images: the kimg axis, as an integer
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in result.items()
+                   if k not in SKIP_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self.client.log_batch(run_id, metrics=metrics)
+        grid = Path(str(result.get("checkpoint_path") or "")) / "samples.png"
+        if result.get("checkpoint_path") and grid.is_file():
+            with tempfile.TemporaryDirectory() as tmp:
+                named = Path(tmp) / f"samples_{step:09d}.png"
+                named.write_bytes(grid.read_bytes())
+                self.client.log_artifact(run_id, str(named), artifact_path="samples")
+
+    def finish(self, run_id: str, status: str, tags: dict | None = None) -> None:
+        for key, value in (tags or {}).items():
+            self.client.set_tag(run_id, key, value)
+        self.client.set_terminated(run_id, status)
+
+
+class MLflowCallback(Callback):
+    """Tune callback around MLflowTracker; it survives Tuner.restore (pickled with the experiment)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str, max_kimg: float, param_names: list):
+        self.tracking_uri, self.experiment, self.artifact_root = tracking_uri, experiment, artifact_root
+        self.max_kimg, self.param_names = max_kimg, list(param_names)
+        self.tracker: MLflowTracker | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "tracker": None}
+
+    def _guard(self, what: str, fn, *args):
+        try:
+            if self.tracker is None:
+                self.tracker = MLflowTracker(self.tracking_uri, self.experiment, Path(self.artifact_root),
+                                             {"spd_tune.search": self.experiment})
+            return fn(*args)
+        except Exception as err:  # logging must never take the search down
+            log.warning("MLflow %s failed (%s: %s); the search goes on", what, type(err).__name__, err)
+            return None
+
+    def _child(self, trial) -> str | None:
+        params = {k: trial.config.get(k) for k in self.param_names}
+        return self._guard("trial start", lambda: self.tracker.child(trial.trial_id, params, trial.config))
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._child(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._child(trial)
+        if run_id:
+            self._guard("metrics", self.tracker.log_result, run_id, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._child(trial)
+        kimg = float((trial.last_result or {}).get("kimg", 0))
+        stopped = kimg < self.max_kimg - 1e-9
+        if run_id:
+            self._guard("trial end", self.tracker.finish, run_id, "KILLED" if stopped else "FINISHED",
+                        {"spd_tune.stopped_early": str(stopped).lower(), "spd_tune.kimg": f"{kimg:g}"})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._child(trial)
+        if run_id:
+            self._guard("trial error", self.tracker.finish, run_id, "FAILED", {"spd_tune.error": "true"})

@@ -1,0 +1,77 @@
+"""Search spaces: shipped ones load; malformed ones fail before Ray starts, naming key, value and what is allowed."""
+
+import pytest
+import yaml
+
+from spd_tune.config import ConfigError
+from spd_tune.search_space import load_space
+
+
+def write_space(tmp_path, search=None, train=None, **top):
+    doc = {"train": {"data": {"name": "demo", "image_size": 16}, "model": {"preset": "micro"},
+                     "process": {"steps": 200, "m": 2.0}, "batch": 32, "total_kimg": 4,
+                     "eval": {"features": {"dims": 64, "weights": "random"}}, **(train or {})},
+           "search": search if search is not None else {"params": {"m": {"path": "process.m", "low": 1.0, "high": 3.0}}},
+           **top}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_demo_space_loads_with_rungs_and_default_point():
+    space = load_space("demo")
+    assert space.metric == "proxy_fd64" and space.search.trials >= 6
+    assert space.rungs() == [1.0, 2.0, 4.0] and space.train.eval.at_kimg == (1.0, 2.0, 4.0)
+    assert space.train.total_kimg == space.max_kimg == 4
+    assert space.default_point() == {"m": 2.69, "T": 200, "lr": 0.002}
+    trial = space.trial_config({"m": 3.1, "T": 77, "lr": 1e-3})
+    assert (trial.process.m, trial.process.steps, trial.optim.lr) == (3.1, 77, 1e-3)
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"params": {}}, "at least one parameter"),
+    ({"params": {"m": {"path": "process.m", "low": 3.0, "high": 1.0}}}, r"range \[3.0, 1.0\] is empty or inverted"),
+    ({"params": {"m": {"path": "process.m", "low": 2.0, "high": 2.0}}}, "empty or inverted"),
+    ({"params": {"lr": {"path": "optim.lr", "low": 0.0, "high": 1e-3, "log": True}}}, "log range needs low > 0"),
+    ({"params": {"m": {"path": "process.m", "type": "gaussian", "low": 1, "high": 2}}}, "type='gaussian' must be one of"),
+    ({"params": {"m": {"path": "process.mm", "low": 1.0, "high": 3.0}}}, "is not a field of the training config"),
+    ({"params": {"T": {"path": "process.steps", "type": "int", "low": 2, "high": 100}}}, "the value 2 gives an invalid config"),
+    ({"params": {"T": {"path": "process.steps", "type": "int", "low": 10.5, "high": 100}}}, "integer bounds"),
+    ({"params": {"m": {"path": "process.m", "low": 2.5, "high": 3.0}}}, "value 2.0 .* is outside the searched range"),
+    ({"params": {"m": {"path": "process.m", "low": 1.0, "high": 3.0, "step": 1}}}, r"unknown key\(s\) \['search.params.m.step'\]"),
+    ({"params": {"m": {"path": "process.m", "low": 1.0, "high": 3.0}}, "trials": 0}, "search.trials=0"),
+    ({"params": {"m": {"path": "process.m", "low": 1.0, "high": 3.0}}, "trails": 5}, r"unknown key\(s\) \['search.trails'\]"),
+    ({"params": {"m": {"path": "process.m", "low": 1.0, "high": 3.0}}, "asha": {"reduction_factor": 1}}, "reduction_factor > 1"),
+    ({"params": {"m": {"path": "process.m", "low": 1.0, "high": 3.0}}, "asha": {"max_kimg": 10}}, "exceeds train.total_kimg"),
+    ({"params": {"m": {"path": "process.m", "low": "one", "high": 3.0}}}, "search.params.m.low='one'"),
+])
+def test_malformed_search_sections_fail_fast(tmp_path, search, message):
+    with pytest.raises(ConfigError, match=message):
+        load_space(write_space(tmp_path, search=search))
+
+
+def test_malformed_train_sections_and_files_fail_fast(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['train.optim.learning_rate'\]"):
+        load_space(write_space(tmp_path, train={"optim": {"learning_rate": 1e-3}}))
+    with pytest.raises(ConfigError, match="unknown top-level key"):
+        load_space(write_space(tmp_path, extra=1))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_space(str(bad))
+    only_train = tmp_path / "train_only.yaml"
+    only_train.write_text("train: {batch: 8}\n")
+    with pytest.raises(ConfigError, match="no search section"):
+        load_space(str(only_train))
+
+
+def test_search_cli_dry_run_and_errors(tmp_path, capsys):
+    from spd_tune.search import main
+
+    assert main(["demo", "--dry-run", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ASHA rungs at kimg [1.0, 2.0, 4.0]" in out and "first trial" in out and "proxy_fd64" in out
+    assert not any(tmp_path.iterdir())  # nothing written
+    assert main([write_space(tmp_path, search={"params": {}}), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
