@@ -70,12 +70,16 @@ def make_searcher(space: Space, layout: Layout):
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             value = result.get(self.metric)
-            if value is not None and math.isfinite(value):
-                self._ot_trials[trial_id].report(value, int(round(float(result.get("kimg", 0)) * 1000)))
+            step = int(round(float(result.get("kimg", 0)) * 1000))
+            ot_trial = self._ot_trials[trial_id]
+            if value is not None and math.isfinite(value) and step not in ot_trial.storage.get_trial(
+                    ot_trial._trial_id).intermediate_values:
+                ot_trial.report(value, step)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             stopped = result is not None and float(result.get("kimg", 0)) < space.max_kimg - 1e-9
             if stopped and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+                self.on_trial_result(trial_id, result)  # Tune hands the stopping result to on_trial_complete only
                 self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
                 self._completed_trials.add(trial_id)
                 return
@@ -228,13 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(summary_table(space, results))
+    summary = summary_table(space, results)
+    print(summary)
     best = champion(space, layout, results)
     if best is None:
         print("no trial produced a finite score; nothing registered", file=sys.stderr)
         return 1
     print(f"champion: trial {best['trial_id']}, {space.metric} {best[space.metric]:.4f}, params {best['params']}")
     print(f"  checkpoint copied to {best['best_dir']}; registered as {best.get('model')}")
+    from .tracking import finish_search
+
+    finish_search(layout.tracking_uri, space.train.name, summary, best, layout.optuna_url)
     print(f"compare the trials: python -m spd_tune.ui {layout.root}")
     return 0
 

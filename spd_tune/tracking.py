@@ -134,3 +134,60 @@ class MLflowCallback(Callback):
         run_id = self._child(trial)
         if run_id:
             self._guard("trial error", self.tracker.finish, run_id, "FAILED", {"spd_tune.error": "true"})
+
+
+def finish_search(tracking_uri: str, experiment: str, summary: str, champion: dict | None, optuna_url: str) -> None:
+    """The parent run gets the study summary, the champion and Optuna's plots (matplotlib PNGs), then ends."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], filter_string="tags.`spd_tune.role` = 'search'", max_results=1)
+        if not runs:
+            return
+        parent = runs[0].info.run_id
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "summary.txt").write_text(summary + "\n")
+            client.log_artifact(parent, str(Path(tmp) / "summary.txt"))
+            if champion:
+                (Path(tmp) / "champion.json").write_text(json.dumps(champion, indent=2, default=str))
+                client.log_artifact(parent, str(Path(tmp) / "champion.json"))
+                client.set_tag(parent, "spd_tune.champion_trial", champion["trial_id"])
+            for path in _optuna_plots(optuna_url, experiment, Path(tmp)):
+                client.log_artifact(parent, str(path), artifact_path="optuna")
+        client.set_terminated(parent, "FINISHED")
+    except Exception as err:
+        log.warning("MLflow search summary failed (%s: %s)", type(err).__name__, err)
+
+
+def _optuna_plots(optuna_url: str, study_name: str, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    study = optuna.load_study(study_name=study_name, storage=optuna_url)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    out = []
+    plots = [("history", ovm.plot_optimization_history), ("parallel_coordinates", ovm.plot_parallel_coordinate)]
+    if len(done) >= 2:
+        plots.append(("param_importances", ovm.plot_param_importances))
+    for name, plot in plots:
+        try:
+            ax = plot(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(9, 5)
+            path = folder / f"{name}.png"
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            out.append(path)
+        except Exception as err:  # e.g. too few trials for importances
+            log.info("optuna plot %s skipped: %s", name, err)
+    return out
