@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -79,9 +80,12 @@ def make_searcher(space: Space, layout: Layout):
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             stopped = result is not None and float(result.get("kimg", 0)) < space.max_kimg - 1e-9
             if stopped and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
-                self.on_trial_result(trial_id, result)  # Tune hands the stopping result to on_trial_complete only
-                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
                 self._completed_trials.add(trial_id)
+                try:
+                    self.on_trial_result(trial_id, result)  # Tune passes the stopping result here only
+                    self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+                except Exception as err:  # e.g. already finished by a driver that was killed after it
+                    print(f"[spd-tune] Optuna trial of {trial_id} not updated: {err}", file=sys.stderr)
                 return
             super().on_trial_complete(trial_id, result, error)
 
@@ -142,6 +146,23 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool)
                                       space.max_kimg, list(space.search.params))],
             failure_config=tune.FailureConfig(max_failures=1)),
     )
+
+
+def reconcile(space: Space, layout: Layout, results) -> int:
+    """After the search, close what a killed driver left open: Optuna trials still RUNNING become FAIL and
+    MLflow runs of trials this search does not hold are marked KILLED, each tagged as orphaned. Returns how many."""
+    import optuna
+
+    orphans = 0
+    study = optuna.load_study(study_name=space.train.name, storage=layout.optuna_url)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "spd_tune.orphaned", True)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        orphans += 1
+    from .tracking import close_orphan_runs
+
+    known = {r.metrics.get("trial_id") for r in results if r.metrics}
+    return orphans + close_orphan_runs(layout.tracking_uri, space.train.name, known)
 
 
 def champion(space: Space, layout: Layout, results) -> dict | None:
@@ -227,11 +248,18 @@ def main(argv: list[str] | None = None) -> int:
         ensure_ray(args.address)
         max_concurrent = concurrency(space)
         layout.root.mkdir(parents=True, exist_ok=True)
+        # save Tune's experiment state (trials + searcher) at every step, so a killed driver loses as little
+        # as possible; what it still loses is reconciled after the resumed search
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
         print(describe(space, layout, max_concurrent), flush=True)
         results = build_tuner(space, layout, max_concurrent, args.resume).fit()
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    orphans = reconcile(space, layout, results)
+    if orphans:
+        print(f"closed {orphans} Optuna trial(s) / MLflow run(s) left open by an interrupted driver "
+              f"(tagged spd_tune.orphaned)")
     summary = summary_table(space, results)
     print(summary)
     best = champion(space, layout, results)

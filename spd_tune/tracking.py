@@ -191,3 +191,24 @@ def _optuna_plots(optuna_url: str, study_name: str, folder: Path) -> list[Path]:
         except Exception as err:  # e.g. too few trials for importances
             log.info("optuna plot %s skipped: %s", name, err)
     return out
+
+
+def close_orphan_runs(tracking_uri: str, experiment: str, known_trial_ids: set) -> int:
+    """Trial runs still RUNNING that the finished search does not hold were opened by a killed driver."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return 0
+        closed = 0
+        for run in client.search_runs([exp.experiment_id], filter_string="tags.`spd_tune.role` = 'trial'"):
+            if run.info.status == "RUNNING" and run.data.tags.get("spd_tune.trial_id") not in known_trial_ids:
+                client.set_tag(run.info.run_id, "spd_tune.orphaned", "true")
+                client.set_terminated(run.info.run_id, "KILLED")
+                closed += 1
+        return closed
+    except Exception as err:
+        log.warning("MLflow reconciliation failed (%s: %s)", type(err).__name__, err)
+        return 0

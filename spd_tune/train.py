@@ -71,7 +71,7 @@ def run_worker(cfg: TrainConfig, session: Session) -> None:
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                             weight_decay=cfg.optim.weight_decay, fused=gpu or None)
-    start_step = 0
+    start_step, last_metrics = 0, None
     with session.latest_checkpoint() as ckpt_dir:
         if ckpt_dir is not None:
             state = load_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE, map_location=device)
@@ -79,6 +79,8 @@ def run_worker(cfg: TrainConfig, session: Session) -> None:
             ema.load_state_dict(state.ema)
             opt.load_state_dict(state.extra["optimizer"])
             start_step = int(state.extra["step"])
+            last_metrics = {"kimg": kimg_at(start_step, cfg), "step": start_step, "start_step": start_step,
+                            **state.extra.get("metric", {})}
             session.log(f"resumed from step {start_step} ({kimg_at(start_step, cfg):.3f} kimg)")
     model = session.prepare_model(net)
     if cfg.compile:
@@ -90,6 +92,11 @@ def run_worker(cfg: TrainConfig, session: Session) -> None:
 
     evaluator = Evaluator(cfg, device, rank, world)
     eval_steps = [s for s in evaluation_steps(cfg) if s > start_step]
+    if not eval_steps and last_metrics is not None:
+        # resumed from the final checkpoint (e.g. a search driver restarted after the run had ended):
+        # nothing to train, but the caller still gets the run's final metrics
+        session.report(last_metrics, None, None, name=f"step_{start_step:09d}")
+        return
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     flops = train_flops_per_image(net, cfg.data.image_size) if rank == 0 else 0.0
     peak = peak_bf16_flops(device) if bf16 else None

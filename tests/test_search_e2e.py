@@ -68,3 +68,53 @@ def test_champion_is_copied_loadable_and_registered(finished_search):
     version = client.get_model_version_by_alias("spd-tune-demo", "champion")
     files = {a.path for a in client.list_artifacts(version.run_id, "champion")}
     assert {"champion/model.pt", "champion/config.json"} <= files
+
+
+def _finished_trials(db) -> int:
+    if not db.exists():
+        return 0
+    try:
+        study = optuna.load_study(study_name="demo", storage=f"sqlite:///{db}")
+    except Exception:
+        return 0
+    return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+
+
+def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    trials = 4
+    args = [sys.executable, "-m", "spd_tune.search", "demo", "--output", str(tmp_path)]
+    for item in [*TINY[:-1], f"search.trials={trials}", f"train.data.cache_dir={tmp_path / 'cache'}"]:
+        args += ["--set", item]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
+    root = tmp_path / "demo"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 420
+        while time.time() < deadline and _finished_trials(root / "optuna.db") < 2 and first.poll() is None:
+            time.sleep(1)
+        assert first.poll() is None, "the search ended before it could be interrupted"
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    time.sleep(5)
+    resumed = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    (tmp_path / "resumed.log").write_text(resumed.stdout + resumed.stderr)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{root / 'optuna.db'}")
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)  # nothing left dangling
+    # trials the killed driver had started after its last saved state are closed and labelled, never reused
+    kept = [t for t in study.trials if not t.user_attrs.get("spd_tune.orphaned")]
+    assert len(kept) == trials and all(t.state != optuna.trial.TrialState.FAIL for t in kept)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    assert len([r for r in runs if r.data.tags.get("spd_tune.role") == "search"]) == 1
+    children = [r for r in runs if r.data.tags.get("spd_tune.role") == "trial"
+                and r.data.tags.get("spd_tune.orphaned") != "true"]
+    assert len(children) == trials == len({c.data.tags["spd_tune.trial_id"] for c in children})
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert (root / "best" / "model.pt").is_file()

@@ -102,3 +102,15 @@ def test_train_cli_dry_run_prints_config_and_plan(tmp_path, capsys):
     assert not (tmp_path / "demo").exists()  # a dry run writes nothing
     assert main(["demo", "--set", "batch=33", "--workers", "2"]) == 2
     assert "divisible" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_reports_its_final_metrics(tmp_path):
+    cfg = tiny_config(tmp_path, "total_kimg=0.16", "eval.every_kimg=0.16")
+    session = LocalSession(tmp_path / "done", quiet=True)
+    run_worker(cfg, session)
+    again = LocalSession(tmp_path / "done", quiet=True)
+    run_worker(cfg, again)
+    assert len(again.history) == 1
+    final = again.history[0]
+    assert final["step"] == 10 and final["start_step"] == 10
+    assert final["proxy_fd64"] == session.history[-1]["proxy_fd64"]
