@@ -25,17 +25,24 @@ from .schedule import DiffusionSchedule
 SAMPLE_BATCH = 256
 
 
-def metric_name(cfg: TrainConfig) -> str:
-    """The evaluation metric's name, known before any weights are loaded on workers."""
+def expected_metric_name(cfg: TrainConfig) -> str:
+    """The metric's name from the config alone (no file is read): what the space promises to optimise."""
     f = cfg.eval.features
     if f.weights == "random":
         return f"proxy_fd{f.dims}"
+    return "fid" if f.dims == 2048 else f"fd_inception{f.dims}"
+
+
+def metric_name(cfg: TrainConfig) -> str:
+    """The metric's name after finding and checking the FID weights (downloading them if allowed): absent or
+    wrong weights fail here, on the driver, before any worker starts."""
+    f = cfg.eval.features
+    if f.weights == "random":
+        return expected_metric_name(cfg)
     from .fid import resolve_fid_weights
 
     resolved = resolve_fid_weights(f.weights_path)
-    if not resolved.is_fid:
-        return f"proxy_fd{f.dims}"
-    return "fid" if f.dims == 2048 else f"fd_inception{f.dims}"
+    return expected_metric_name(cfg) if resolved.is_fid else f"proxy_fd{f.dims}"
 
 
 def _gather(obj, world_size: int) -> list:

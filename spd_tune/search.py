@@ -243,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(space, layout))
             return 0
         from .data import check_available
+        from .evaluation import metric_name
 
+        if metric_name(space.train) != space.metric:  # finds and checks the FID weights before Ray starts
+            raise ConfigError(f"the Inception weights found are not pytorch-fid's: scores would not be {space.metric}")
         check_available(space.train.data)
         ensure_ray(args.address)
         max_concurrent = concurrency(space)

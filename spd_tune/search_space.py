@@ -120,14 +120,17 @@ class Space:
 
     def default_point(self) -> dict:
         """The training config's own values of the searched parameters (the paper's configuration)."""
-        doc = self.train.to_dict()
-        point = {}
-        for name, spec in self.search.params.items():
-            node: Any = doc
-            for part in spec.path.split("."):
-                node = node[part]
-            point[name] = node
-        return point
+        return {name: self.value_at(spec.path) for name, spec in self.search.params.items()}
+
+    def value_at(self, path: str) -> Any:
+        """A training-config value by dotted path; model.overrides.<field> falls back to the preset's value."""
+        prefix = "model.overrides."
+        if path.startswith(prefix) and path[len(prefix):] not in self.train.model.overrides:
+            return getattr(self.train.unet, path[len(prefix):])
+        node: Any = self.train.to_dict()
+        for part in path.split("."):
+            node = node[part]
+        return node
 
     def trial_config(self, params: dict) -> TrainConfig:
         """The training config of one trial: the fixed config with the sampled values set."""
@@ -172,8 +175,8 @@ def load_space(name_or_path: str, overrides: list[str] = (), output: str | None 
     space = Space(path.stem, train, search, metric="")
     for name, spec in params.items():  # each path must exist and every value in range must give a valid config
         try:
-            value = space.default_point()[name]
-        except (KeyError, TypeError):
+            value = space.value_at(spec.path)
+        except (KeyError, TypeError, AttributeError):
             raise ConfigError(f"search.params.{name}.path={spec.path!r} is not a field of the training config") from None
         for probe in _probes(spec):
             try:
@@ -185,11 +188,11 @@ def load_space(name_or_path: str, overrides: list[str] = (), output: str | None 
                               f"outside the searched range; widen the range or set search.enqueue_defaults: false")
     if search.asha.max_kimg is not None and search.asha.max_kimg > train.total_kimg:
         raise ConfigError(f"search.asha.max_kimg={search.asha.max_kimg} exceeds train.total_kimg={train.total_kimg}")
-    from .evaluation import metric_name
+    from .evaluation import expected_metric_name
 
     train = dataclasses.replace(train, total_kimg=space.max_kimg,
                                 eval=dataclasses.replace(train.eval, at_kimg=tuple(space.rungs())))
-    return dataclasses.replace(space, train=train, metric=metric_name(train))
+    return dataclasses.replace(space, train=train, metric=expected_metric_name(train))
 
 
 def _probes(spec: ParamSpec) -> list:

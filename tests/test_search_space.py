@@ -75,3 +75,30 @@ def test_search_cli_dry_run_and_errors(tmp_path, capsys):
     assert main([write_space(tmp_path, search={"params": {}}), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet64"])
+def test_shipped_gpu_spaces_are_valid_and_score_fid(name):
+    space = load_space(name)
+    assert space.metric == "fid"
+    assert {"m", "T", "lr"} <= set(space.search.params)
+    point = space.default_point()
+    assert point["m"] == 2.0 and space.train.process.c2 == 0.0086
+    if name == "imagenet64":
+        assert space.train.process.c1 != 1.59  # CIFAR's c1 is not valid at 64 px
+    assert space.rungs()[-1] == space.max_kimg
+
+
+def test_cifar10_search_needs_real_fid_weights_before_starting(tmp_path, capsys, monkeypatch):
+    import torch
+
+    def offline(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    from spd_tune.search import main
+
+    assert main(["cifar10", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "FID Inception weights" in err and "--fid-weights" in err
+    assert not (tmp_path / "cifar10").exists()
