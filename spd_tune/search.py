@@ -68,8 +68,10 @@ def make_searcher(space: Space, layout: Layout):
         """Intermediate values keyed by training images (stable across restores), and ASHA stops as PRUNED."""
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
+            if trial_id not in self._completed_trials and trial_id in self._ot_trials:
+                self._report(trial_id, result)
+
+        def _report(self, trial_id: str, result: dict) -> None:
             value = result.get(self.metric)
             step = int(round(float(result.get("kimg", 0)) * 1000))
             ot_trial = self._ot_trials[trial_id]
@@ -82,7 +84,7 @@ def make_searcher(space: Space, layout: Layout):
             if stopped and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._completed_trials.add(trial_id)
                 try:
-                    self.on_trial_result(trial_id, result)  # Tune passes the stopping result here only
+                    self._report(trial_id, result)  # Tune passes the stopping result here only
                     self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
                 except Exception as err:  # e.g. already finished by a driver that was killed after it
                     print(f"[spd-tune] Optuna trial of {trial_id} not updated: {err}", file=sys.stderr)
@@ -165,31 +167,55 @@ def reconcile(space: Space, layout: Layout, results) -> int:
     return orphans + close_orphan_runs(layout.tracking_uri, space.train.name, known)
 
 
+def ranked_trials(space: Space, results) -> list[tuple[float, object]]:
+    """(best finite metric, result) of every trial, best first."""
+    ranked = []
+    for result in results:
+        df = result.metrics_dataframe
+        if df is None or space.metric not in df:
+            continue
+        values = [v for v in df[space.metric] if isinstance(v, (int, float)) and math.isfinite(v)]
+        if values:
+            ranked.append((min(values), result))
+    return sorted(ranked, key=lambda item: item[0])
+
+
 def champion(space: Space, layout: Layout, results) -> dict | None:
-    """Copy the best trial's best checkpoint to <root>/best/ and register it in MLflow."""
+    """Pick the champion (by the final protocol when configured), copy its best checkpoint to <root>/best/
+    and register it in MLflow."""
     import ray.train
 
-    try:
-        best = results.get_best_result(metric=space.metric, mode="min", scope="all", filter_nan_and_inf=True)
-    except RuntimeError:
+    ranked = ranked_trials(space, results)
+    finalists = []
+    for score, result in ranked[: max(1, space.search.final.top_k)]:
+        trial_id = result.metrics["trial_id"]
+        run = ray.train.Result.from_path(str(Path(layout.storage_path) / f"train-{trial_id}"))
+        checkpoint = run.get_best_checkpoint(space.metric, "min")
+        if checkpoint is not None:
+            finalists.append({"trial_id": trial_id, space.metric: score, "checkpoint": checkpoint.path,
+                              "params": {k: result.config[k] for k in space.search.params}})
+    if not finalists:
         return None
-    trial_id = best.metrics["trial_id"]
-    run = ray.train.Result.from_path(str(Path(layout.storage_path) / f"train-{trial_id}"))
-    checkpoint = run.get_best_checkpoint(space.metric, "min")
-    if checkpoint is None:
-        return None
+    if space.search.final.top_k:
+        from .final import rescore
+        from .tracking import log_final_scores
+
+        final_name = f"final_{space.metric}"
+        for finalist, value in zip(finalists, rescore(space, [f["checkpoint"] for f in finalists])):
+            finalist[final_name] = value
+        log_final_scores(layout.tracking_uri, space.train.name, final_name, finalists)
+        finalists.sort(key=lambda f: f[final_name] if math.isfinite(f[final_name]) else math.inf)
+    info = finalists[0]
     target = layout.root / "best"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(checkpoint.path, target)
+    shutil.copytree(info["checkpoint"], target)
     from .champion import export_weights, register
 
     weights = export_weights(target)
-    score = min(v for v in best.metrics_dataframe[space.metric] if math.isfinite(v))
-    info = {"trial_id": trial_id, space.metric: score, "checkpoint": str(checkpoint.path), "best_dir": str(target),
-            "params": {k: best.config[k] for k in space.search.params}}
-    (target / "champion.json").write_text(json.dumps(info, indent=2))
-    info["model"] = register(space, layout, trial_id, weights, target / "champion.json")
+    info = {**info, "best_dir": str(target), "finalists": finalists if len(finalists) > 1 else None}
+    (target / "champion.json").write_text(json.dumps(info, indent=2, default=str))
+    info["model"] = register(space, layout, info["trial_id"], weights, target / "champion.json")
     return info
 
 
@@ -269,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     if best is None:
         print("no trial produced a finite score; nothing registered", file=sys.stderr)
         return 1
-    print(f"champion: trial {best['trial_id']}, {space.metric} {best[space.metric]:.4f}, params {best['params']}")
+    final = f"final_{space.metric}"
+    final_text = f", {final} {best[final]:.4f}" if final in best else ""
+    print(f"champion: trial {best['trial_id']}, {space.metric} {best[space.metric]:.4f}{final_text}, "
+          f"params {best['params']}")
     print(f"  checkpoint copied to {best['best_dir']}; registered as {best.get('model')}")
     from .tracking import finish_search
 

@@ -78,6 +78,23 @@ class ASHAConfig:
 
 
 @dataclass(frozen=True)
+class FinalConfig:
+    """After the search: re-score the top_k trials' best checkpoints with a larger protocol (e.g. 50k samples
+    at full T) and pick the champion by that score. top_k = 0 keeps the rung metric's winner."""
+
+    top_k: int = 0
+    samples: int = 50_000
+    sampler: str | None = None  # default: the rung protocol's
+    sampler_steps: int | None = None  # None: all T steps (the paper's protocol)
+    eta: float = 0.0
+    seed: int = 2_000_000
+
+    def __post_init__(self) -> None:
+        if self.top_k < 0 or self.samples < 2:
+            raise ConfigError("search.final needs top_k >= 0 and samples >= 2")
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     params: dict = field(default_factory=dict)  # name -> ParamSpec
     trials: int = 8
@@ -87,6 +104,7 @@ class SearchConfig:
     time_budget_s: float | None = None
     enqueue_defaults: bool = True  # the training config's own values (the paper's point) are the first trial
     asha: ASHAConfig = ASHAConfig()
+    final: FinalConfig = FinalConfig()
 
     def __post_init__(self) -> None:
         if self.trials < 1:

@@ -212,3 +212,19 @@ def close_orphan_runs(tracking_uri: str, experiment: str, known_trial_ids: set) 
     except Exception as err:
         log.warning("MLflow reconciliation failed (%s: %s)", type(err).__name__, err)
         return 0
+
+
+def log_final_scores(tracking_uri: str, experiment: str, name: str, finalists: list[dict]) -> None:
+    """The final protocol's score on each finalist's run."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        for finalist in finalists:
+            runs = client.search_runs([exp.experiment_id], max_results=1,
+                                      filter_string=f"tags.`spd_tune.trial_id` = '{finalist['trial_id']}'")
+            if runs:
+                client.log_metric(runs[0].info.run_id, name, float(finalist[name]))
+    except Exception as err:
+        log.warning("MLflow final scores failed (%s: %s)", type(err).__name__, err)

@@ -15,7 +15,8 @@ TRIALS = 5
 TINY = [
     "train.data.demo_count=256", "train.batch=16", "train.total_kimg=0.64", "train.eval.samples=16",
     "train.eval.sampler_steps=4", "train.eval.ref_count=32", "train.eval.grid=4", "train.log_every_s=1000",
-    "search.asha.grace_kimg=0.16", "search.asha.max_kimg=0.64", f"search.trials={TRIALS}",
+    "search.asha.grace_kimg=0.16", "search.asha.max_kimg=0.64", "search.final.top_k=2", "search.final.samples=16",
+    "search.final.sampler_steps=4", f"search.trials={TRIALS}",
 ]
 
 
@@ -59,7 +60,13 @@ def test_every_trial_is_in_tune_optuna_and_mlflow(finished_search):
 
 
 def test_champion_is_copied_loadable_and_registered(finished_search):
+    import json
+
     best = finished_search / "best"
+    info = json.loads((best / "champion.json").read_text())
+    finals = [f["final_proxy_fd64"] for f in info["finalists"]]
+    assert len(finals) == 2 and all(math.isfinite(v) for v in finals)
+    assert info["final_proxy_fd64"] == min(finals)  # the final protocol picks the champion
     state = load_checkpoint(best / "model.pt")
     model, schedule = state.build()
     assert state.extra["kimg"] > 0 and schedule.steps == state.process.steps
@@ -68,6 +75,7 @@ def test_champion_is_copied_loadable_and_registered(finished_search):
     version = client.get_model_version_by_alias("spd-tune-demo", "champion")
     files = {a.path for a in client.list_artifacts(version.run_id, "champion")}
     assert {"champion/model.pt", "champion/config.json"} <= files
+    assert "final_proxy_fd64" in client.get_run(version.run_id).data.metrics
 
 
 def _finished_trials(db) -> int:
