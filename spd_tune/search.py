@@ -268,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(describe(space, layout))
             return 0
+        previous = Path(layout.storage_path) / "tune" / space.train.name
+        if not args.resume and (previous.exists() or (layout.root / "optuna.db").exists()):
+            raise ConfigError(f"{layout.root} already holds a search named {space.train.name!r}: continue it with "
+                              f"--resume, or start a new one with another --output (nothing was changed)")
         from .data import check_available
         from .evaluation import metric_name
 

@@ -102,3 +102,13 @@ def test_cifar10_search_needs_real_fid_weights_before_starting(tmp_path, capsys,
     err = capsys.readouterr().err
     assert "FID Inception weights" in err and "--fid-weights" in err
     assert not (tmp_path / "cifar10").exists()
+
+
+def test_a_new_search_never_writes_over_a_previous_one(tmp_path, capsys):
+    from spd_tune.search import main
+
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "optuna.db").write_bytes(b"previous study")
+    assert main(["demo", "--output", str(tmp_path)]) == 2
+    assert "already holds a search" in capsys.readouterr().err
+    assert (tmp_path / "demo" / "optuna.db").read_bytes() == b"previous study"
