@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     url = f"http://{args.host}:{args.port}"
+
+    def interrupt(signum, frame):  # Ctrl-C and SIGTERM, even where a shell started us with SIGINT ignored
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     proc = start(store, args.host, args.port)
     try:
         if not wait_ready(url, proc):

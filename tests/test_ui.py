@@ -34,7 +34,7 @@ def test_ui_serves_the_search_store_on_loopback_and_stops_cleanly(tmp_path):
                                     f"?experiment_name=demo", timeout=10) as response:
             assert b'"name": "demo"' in response.read().replace(b'":"', b'": "')
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        proc.send_signal(signal.SIGTERM)  # what a supervisor sends; Ctrl-C takes the same path
         proc.wait(timeout=30)
     time.sleep(1)
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
