@@ -68,6 +68,10 @@ class Evaluator:
             cache = default_cache_dir() if cfg.data.cache_dir is None else f"{cfg.data.cache_dir}/fid_stats"
             self.reference, _ = reference_stats(load_images(ref_data), self.features, cache)
 
+    def nfe(self, schedule: DiffusionSchedule) -> int:
+        """Network evaluations per sample under the evaluation protocol (its K, or T when K is unset or > T)."""
+        return schedule.respace(min(self.sampler.steps or schedule.steps, schedule.steps)).steps
+
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, schedule: DiffusionSchedule) -> tuple[float, int, np.ndarray]:
         """(score, number of samples scored, uint8 grid images) on rank 0; (nan, 0, empty) elsewhere."""

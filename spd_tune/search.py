@@ -68,6 +68,8 @@ def make_searcher(space: Space, layout: Layout):
         """Intermediate values keyed by training images (stable across restores), and ASHA stops as PRUNED."""
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if isinstance(self.metric, list):  # Optuna keeps no intermediate values for several objectives
+                return
             if trial_id not in self._completed_trials and trial_id in self._ot_trials:
                 self._report(trial_id, result)
 
@@ -93,8 +95,10 @@ def make_searcher(space: Space, layout: Layout):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     points = [space.default_point()] if space.search.enqueue_defaults else None
+    multi = space.search.multi_objective.enabled
     return PruningOptunaSearch(
-        metric=space.metric, mode="min", study_name=space.train.name, points_to_evaluate=points,
+        metric=[space.metric, "nfe"] if multi else space.metric, mode=["min", "min"] if multi else "min",
+        study_name=space.train.name, points_to_evaluate=points,
         sampler=optuna.samplers.TPESampler(seed=space.search.seed, n_startup_trials=space.search.startup_trials),
         storage=optuna.storages.RDBStorage(layout.optuna_url))
 
@@ -134,13 +138,24 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool)
         return tune.Tuner.restore(str(Path(experiment) / space.train.name), trainable=trainable,
                                   resume_unfinished=True, resume_errored=True)
     asha = space.search.asha
+    multi = space.search.multi_objective.enabled
+    if multi:
+        # Optuna cannot prune multi-objective trials and ASHA ranks by one metric only, so every trial runs
+        # to max_kimg: the front compares fully trained models
+        from ray.tune.schedulers import FIFOScheduler
+
+        scheduler = FIFOScheduler()
+    else:
+        scheduler = ASHAScheduler(time_attr="kimg", max_t=space.max_kimg, grace_period=asha.grace_kimg,
+                                  reduction_factor=asha.reduction_factor)
     return tune.Tuner(
         trainable,
         param_space={name: spec.tune_domain() for name, spec in space.search.params.items()},
         tune_config=tune.TuneConfig(
-            metric=space.metric, mode="min", num_samples=space.search.trials, search_alg=make_searcher(space, layout),
-            scheduler=ASHAScheduler(time_attr="kimg", max_t=space.max_kimg, grace_period=asha.grace_kimg,
-                                    reduction_factor=asha.reduction_factor),
+            # in multi-objective mode the searcher holds both objectives; Tune would overwrite them with one
+            metric=None if multi else space.metric, mode=None if multi else "min",
+            num_samples=space.search.trials, search_alg=make_searcher(space, layout),
+            scheduler=scheduler,
             max_concurrent_trials=max_concurrent, time_budget_s=space.search.time_budget_s),
         run_config=tune.RunConfig(
             name=space.train.name, storage_path=experiment,
@@ -167,8 +182,28 @@ def reconcile(space: Space, layout: Layout, results) -> int:
     return orphans + close_orphan_runs(layout.tracking_uri, space.train.name, known)
 
 
+def pareto_front(space: Space, results) -> list[dict]:
+    """Trials whose (final score, NFE) no other trial beats in both, sorted by NFE."""
+    points = []
+    for result in results:
+        m = result.metrics or {}
+        if isinstance(m.get(space.metric), (int, float)) and math.isfinite(m[space.metric]) and "nfe" in m:
+            points.append({"trial_id": m["trial_id"], space.metric: m[space.metric], "nfe": int(m["nfe"]),
+                           "params": {k: result.config[k] for k in space.search.params}})
+    front = [p for p in points if not any(
+        q[space.metric] <= p[space.metric] and q["nfe"] <= p["nfe"] and
+        (q[space.metric] < p[space.metric] or q["nfe"] < p["nfe"]) for q in points)]
+    return sorted(front, key=lambda p: p["nfe"])
+
+
 def ranked_trials(space: Space, results) -> list[tuple[float, object]]:
-    """(best finite metric, result) of every trial, best first."""
+    """(best finite metric, result) of every trial, best first; in multi-objective mode only the Pareto front
+    within the NFE budget, by final score."""
+    if space.search.multi_objective.enabled:
+        budget = space.search.multi_objective.nfe_budget
+        keep = {p["trial_id"] for p in pareto_front(space, results) if budget is None or p["nfe"] <= budget}
+        return sorted(((r.metrics[space.metric], r) for r in results if (r.metrics or {}).get("trial_id") in keep),
+                      key=lambda item: item[0])
     ranked = []
     for result in results:
         df = result.metrics_dataframe
@@ -306,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  checkpoint copied to {best['best_dir']}; registered as {best.get('model')}")
     from .tracking import finish_search
 
-    finish_search(layout.tracking_uri, space.train.name, summary, best, layout.optuna_url)
+    front = pareto_front(space, results) if space.search.multi_objective.enabled else None
+    if front is not None:
+        print(f"Pareto front ({space.metric} vs NFE): " + ", ".join(
+            f"{p['trial_id']} ({p[space.metric]:.4f}, {p['nfe']} NFE)" for p in front))
+    finish_search(layout.tracking_uri, space.train.name, summary, best, layout.optuna_url, front)
     print(f"compare the trials: python -m spd_tune.ui {layout.root}")
     return 0
 

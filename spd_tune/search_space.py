@@ -95,6 +95,14 @@ class FinalConfig:
 
 
 @dataclass(frozen=True)
+class MultiObjectiveConfig:
+    """Search the score against sampling cost (NFE) as a Pareto front."""
+
+    enabled: bool = False
+    nfe_budget: int | None = None  # the champion is the best-score point with at most this many NFE
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     params: dict = field(default_factory=dict)  # name -> ParamSpec
     trials: int = 8
@@ -105,6 +113,7 @@ class SearchConfig:
     enqueue_defaults: bool = True  # the training config's own values (the paper's point) are the first trial
     asha: ASHAConfig = ASHAConfig()
     final: FinalConfig = FinalConfig()
+    multi_objective: MultiObjectiveConfig = MultiObjectiveConfig()
 
     def __post_init__(self) -> None:
         if self.trials < 1:

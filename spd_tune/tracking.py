@@ -136,7 +136,8 @@ class MLflowCallback(Callback):
             self._guard("trial error", self.tracker.finish, run_id, "FAILED", {"spd_tune.error": "true"})
 
 
-def finish_search(tracking_uri: str, experiment: str, summary: str, champion: dict | None, optuna_url: str) -> None:
+def finish_search(tracking_uri: str, experiment: str, summary: str, champion: dict | None, optuna_url: str,
+                  front: list | None = None) -> None:
     """The parent run gets the study summary, the champion and Optuna's plots (matplotlib PNGs), then ends."""
     try:
         from mlflow.tracking import MlflowClient
@@ -154,6 +155,9 @@ def finish_search(tracking_uri: str, experiment: str, summary: str, champion: di
                 (Path(tmp) / "champion.json").write_text(json.dumps(champion, indent=2, default=str))
                 client.log_artifact(parent, str(Path(tmp) / "champion.json"))
                 client.set_tag(parent, "spd_tune.champion_trial", champion["trial_id"])
+            if front is not None:
+                (Path(tmp) / "pareto_front.json").write_text(json.dumps(front, indent=2, default=str))
+                client.log_artifact(parent, str(Path(tmp) / "pareto_front.json"))
             for path in _optuna_plots(optuna_url, experiment, Path(tmp)):
                 client.log_artifact(parent, str(path), artifact_path="optuna")
         client.set_terminated(parent, "FINISHED")
@@ -176,9 +180,12 @@ def _optuna_plots(optuna_url: str, study_name: str, folder: Path) -> list[Path]:
     study = optuna.load_study(study_name=study_name, storage=optuna_url)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     out = []
-    plots = [("history", ovm.plot_optimization_history), ("parallel_coordinates", ovm.plot_parallel_coordinate)]
-    if len(done) >= 2:
-        plots.append(("param_importances", ovm.plot_param_importances))
+    if len(study.directions) > 1:  # the score against NFE
+        plots = [("pareto_front", lambda s: ovm.plot_pareto_front(s, target_names=["score", "nfe"]))]
+    else:
+        plots = [("history", ovm.plot_optimization_history), ("parallel_coordinates", ovm.plot_parallel_coordinate)]
+        if len(done) >= 2:
+            plots.append(("param_importances", ovm.plot_param_importances))
     for name, plot in plots:
         try:
             ax = plot(study)

@@ -145,7 +145,7 @@ def run_worker(cfg: TrainConfig, session: Session) -> None:
             value, scored, grid = evaluator(ema, schedule)
             metrics = {"kimg": kimg_at(done, cfg), "step": done, "start_step": start_step, "loss": loss_value, "lr": lr,
                        "img_per_s": images_seen / max(elapsed, 1e-9), "eval_s": time.perf_counter() - eval_start,
-                       "eval_samples": scored, evaluator.metric: value}
+                       "eval_samples": scored, "nfe": evaluator.nfe(schedule), evaluator.metric: value}
             state = None
             if rank == 0:
                 state = Checkpoint(unet=net.config, process=cfg.process, model=net.state_dict(),

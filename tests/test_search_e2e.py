@@ -79,13 +79,18 @@ def test_champion_is_copied_loadable_and_registered(finished_search):
 
 
 def _finished_trials(db) -> int:
+    """Finished trials in the study, read without touching its schema (a second Optuna client would race the
+    driver's own schema creation)."""
+    import sqlite3
+
     if not db.exists():
         return 0
     try:
-        study = optuna.load_study(study_name="demo", storage=f"sqlite:///{db}")
-    except Exception:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            row = con.execute("SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()
+        return int(row[0])
+    except sqlite3.Error:
         return 0
-    return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
 
 
 def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
@@ -126,3 +131,27 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
     assert len(children) == trials == len({c.data.tags["spd_tune.trial_id"] for c in children})
     assert all(r.info.status != "RUNNING" for r in runs)
     assert (root / "best" / "model.pt").is_file()
+
+
+def test_multi_objective_search_logs_a_pareto_front(ray_cluster, tmp_path):
+    import json
+
+    items = [*TINY[:-1], "search.trials=3", "search.final.top_k=0", "search.multi_objective.enabled=true",
+             "train.eval.sampler_steps=null", f"train.data.cache_dir={tmp_path / 'cache'}"]
+    args = ["demo", "--output", str(tmp_path)] + [arg for item in items for arg in ("--set", item)]
+    assert main(args) == 0
+    root = tmp_path / "demo"
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{root / 'optuna.db'}")
+    assert len(study.directions) == 2 and len(study.trials) == 3
+    # Optuna cannot prune multi-objective trials: every trial runs to the end and is told both values
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in study.trials)
+    assert sorted(t.values[1] for t in study.trials) == sorted(t.params["T"] for t in study.trials)  # NFE = T
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id],
+                              filter_string="tags.`spd_tune.role` = 'search'")
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert "pareto_front.json" in artifacts
+    front_file = client.download_artifacts(runs[0].info.run_id, "pareto_front.json", str(tmp_path))
+    front = json.loads(open(front_file).read())
+    champion = json.loads((root / "best" / "champion.json").read_text())
+    assert front and champion["trial_id"] in {p["trial_id"] for p in front}
