@@ -34,7 +34,7 @@ def test_ancestral_mean_is_the_fourier_posterior_mean(n):
     sched = SPDSchedule(8, 100)
     x0, eps, x_t = _q_pair(sched, n)
     mean = ancestral_step(x_t, eps, sched.tables("cpu", F64), n, None)
-    ab, om = sched.alpha_bar[n], sched.one_minus_alpha_bar[n]
+    om = sched.one_minus_alpha_bar[n]
     ab_prev, beta = sched.alpha_bar[n - 1], sched.exact_betas[n]
     coef_x0 = ab_prev.sqrt() * beta / om
     coef_xt = (1 - beta).sqrt() * (1 - ab_prev) / om
