@@ -121,12 +121,26 @@ class ResourcesConfig:
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+    custom: dict = field(default_factory=dict)  # extra Ray resources per worker, e.g. {"accelerator_type:A10G": 1}
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"resources.workers={self.workers} must be >= 1")
         if self.gpus_per_worker < 0 or self.cpus_per_worker < 0:
             raise ConfigError("resources.gpus_per_worker and cpus_per_worker must be >= 0")
+        for key, amount in self.custom.items():
+            if key in ("CPU", "GPU", "memory") or isinstance(amount, bool) or not isinstance(amount, (int, float)) \
+                    or amount <= 0:
+                raise ConfigError(f"resources.custom[{key!r}]={amount!r}: custom resources need a name other than "
+                                  "CPU/GPU/memory and an amount > 0")
+
+    def per_worker(self) -> dict[str, float]:
+        from .cluster import worker_resources
+
+        return worker_resources(self.cpus_per_worker, self.gpus_per_worker, self.custom)
+
+    def per_run(self) -> dict[str, float]:
+        return {key: amount * self.workers for key, amount in self.per_worker().items()}
 
 
 @dataclass(frozen=True)

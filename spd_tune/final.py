@@ -20,7 +20,7 @@ def final_config(space: Space):
         seed=f.seed))
 
 
-def _rescore(cfg_dict: dict, checkpoint_dir: str) -> float:
+def _rescore(cfg_dict: dict, checkpoint) -> float:
     import torch
 
     from .checkpoint import load_checkpoint
@@ -29,17 +29,18 @@ def _rescore(cfg_dict: dict, checkpoint_dir: str) -> float:
 
     cfg = from_dict(TrainConfig, cfg_dict)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    state = load_checkpoint(Path(checkpoint_dir) / "checkpoint.pt", map_location=device)
+    with checkpoint.as_directory() as directory:  # a ray.train.Checkpoint: local, NFS or a bucket
+        state = load_checkpoint(Path(directory) / "checkpoint.pt", map_location=device)
     model, schedule = state.build(device=device)
     value, _, _ = Evaluator(cfg, device, 0, 1)(model, schedule)
     return value
 
 
-def rescore(space: Space, checkpoint_dirs: list[str]) -> list[float]:
-    """Final scores of the given checkpoints, in parallel as far as the cluster allows."""
+def rescore(space: Space, checkpoints: list) -> list[float]:
+    """Final scores of the given ray.train.Checkpoints, in parallel as far as the cluster allows."""
     import ray
 
     r = space.train.resources
-    task = ray.remote(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker)(_rescore)
+    task = ray.remote(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, resources=r.custom or None)(_rescore)
     cfg = final_config(space).to_dict()
-    return ray.get([task.remote(cfg, path) for path in checkpoint_dirs])
+    return ray.get([task.remote(cfg, checkpoint) for checkpoint in checkpoints])

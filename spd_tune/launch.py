@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
+from .cluster import Storage
 from .config import ConfigError, TrainConfig, load_train_config
 from .data import DataError, check_available
 from .evaluation import metric_name
@@ -42,16 +43,11 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 def check_resources(cfg: TrainConfig) -> None:
-    """A request the cluster can never satisfy is an error now, not a silent wait for ever."""
-    import ray
+    """A request the cluster (with its autoscaler) can never satisfy is an error now, not a wait for ever."""
+    from .cluster import check_fits
 
-    have = ray.cluster_resources()
-    r = cfg.resources
-    for key, per_worker in (("GPU", r.gpus_per_worker), ("CPU", r.cpus_per_worker)):
-        need = per_worker * r.workers
-        if need > have.get(key, 0) + 1e-9:
-            raise ConfigError(f"the run asks for {need:g} {key} ({r.workers} workers x {per_worker:g}), the cluster has "
-                              f"{have.get(key, 0):g}; lower resources.workers or resources.{key.lower()}s_per_worker")
+    check_fits(cfg.resources.per_run(), f"the run ({cfg.resources.workers} workers)",
+               "lower resources.workers or the per-worker resources, or use a larger cluster")
 
 
 def build_trainer(cfg: TrainConfig, metric: str, *, name: str | None = None, storage_path: str | None = None,
@@ -60,14 +56,11 @@ def build_trainer(cfg: TrainConfig, metric: str, *, name: str | None = None, sto
     from ray.train.torch import TorchTrainer
 
     r = cfg.resources
-    per_worker = {"CPU": r.cpus_per_worker}
-    if r.gpus_per_worker:
-        per_worker["GPU"] = r.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg.to_dict(),
         scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
-                                               resources_per_worker=per_worker),
+                                               resources_per_worker=r.per_worker()),
         run_config=ray.train.RunConfig(
             name=name or cfg.name,  # a fixed name: a re-run with the same name resumes from its last checkpoint
             storage_path=storage_path or cfg.output,
@@ -92,15 +85,19 @@ def plan(cfg: TrainConfig) -> str:
     ])
 
 
-def run_training(cfg: TrainConfig, address: str | None = None):
+def run_training(cfg: TrainConfig, address: str | None = None, storage: Storage | None = None):
+    from .cluster import check_storage
+
+    storage = storage or Storage.resolve(None, None, cfg.output)
     metric = metric_name(cfg)  # finds (or downloads) the FID weights now, not in the workers
     check_available(cfg.data)
     ensure_ray(address)
     check_resources(cfg)
+    check_storage(storage)
     run_dir = Path(cfg.output) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.to_json())
-    result = build_trainer(cfg, metric).fit()
+    result = build_trainer(cfg, metric, storage_path=storage.path).fit()
     best = result.get_best_checkpoint(metric, "min") if result.best_checkpoints else None
     return result, metric, best
 
@@ -115,7 +112,12 @@ def train_cli(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus-per-worker", type=float)
     p.add_argument("--output", help="where runs are written (default: ./spd_runs)")
     p.add_argument("--name", help="run name; re-using it resumes that run")
-    p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--storage-path", help="Ray Train results and checkpoints (default: SPD_TUNE_STORAGE, else "
+                   "--output); on a multi-node cluster a bucket URI or a shared mount")
+    p.add_argument("--shared-storage", action="store_true", default=None,
+                   help="the local --storage-path is mounted at the same place on every node (NFS)")
+    p.add_argument("--address", help="join this Ray cluster: 'auto' on a cluster's head (default: RAY_ADDRESS, "
+                   "else start a local Ray)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, then exit")
     args = p.parse_args(argv)
     try:
@@ -127,7 +129,8 @@ def train_cli(argv: list[str] | None = None) -> int:
             print(plan(cfg))
             return 0
         print(plan(cfg), flush=True)
-        result, metric, best = run_training(cfg, args.address)
+        storage = Storage.resolve(args.storage_path, args.shared_storage, cfg.output)
+        result, metric, best = run_training(cfg, args.address, storage)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

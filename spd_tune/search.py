@@ -19,29 +19,41 @@ import shutil
 import sys
 from pathlib import Path
 
+from .cluster import Storage
 from .config import ConfigError
 from .search_space import Space, load_space
-
-TRIAL_RESOURCES = {"cpu": 0, "memory": 1}  # the trial driver itself holds no CPU (ray-stack.md §4)
 
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Where a search writes: everything under one folder unless moved by --storage-path / --optuna-storage."""
 
-    root: Path
-    storage_path: str  # Tune and Train results and checkpoints
+    root: Path  # on the driver's machine: the Optuna study, the default MLflow store, best/
+    storage: Storage  # Tune and Train results and checkpoints (shared storage on a multi-node cluster)
     optuna_url: str
     tracking_uri: str
 
     @classmethod
-    def of(cls, space: Space, storage_path: str | None, optuna_storage: str | None, tracking_uri: str | None):
+    def of(cls, space: Space, storage_path: str | None, optuna_storage: str | None, tracking_uri: str | None,
+           shared_storage: bool | None = None):
         root = Path(space.train.output) / space.train.name
         from .tracking import tracking_uri_for
 
-        return cls(root=root, storage_path=storage_path or str(root / "ray"),
+        return cls(root=root, storage=Storage.resolve(storage_path, shared_storage, str(root / "ray")),
                    optuna_url=optuna_storage or f"sqlite:///{root / 'optuna.db'}",
-                   tracking_uri=tracking_uri or tracking_uri_for(root))
+                   tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri_for(root))
+
+    @property
+    def storage_path(self) -> str:
+        return self.storage.path
+
+    def under_storage(self, *parts: str) -> str:
+        """A path under the storage root, for local paths and bucket URIs alike."""
+        return "/".join([self.storage.path.rstrip("/"), *parts])
+
+    @property
+    def experiment_dir(self) -> str:
+        return self.under_storage("tune", self.root.name)
 
 
 def trial_driver(params: dict, space: Space, storage_path: str) -> None:
@@ -103,39 +115,33 @@ def make_searcher(space: Space, layout: Layout):
         storage=optuna.storages.RDBStorage(layout.optuna_url))
 
 
-def concurrency(space: Space) -> int:
-    """Trials that fit at once on the cluster's CPUs and GPUs (never more: the rest would wait PENDING)."""
-    import ray
+def concurrency(space: Space, driver: dict[str, float]) -> int:
+    """Trials that fit at once on what the cluster (with its autoscaler) can hold: never more, or the rest would
+    wait PENDING holding a driver each."""
+    from .cluster import check_fits
 
-    have = ray.cluster_resources()
     r = space.train.resources
-    fits = []
-    for key, per in (("CPU", r.cpus_per_worker * r.workers), ("GPU", r.gpus_per_worker * r.workers)):
-        if per > 0:
-            fits.append(int(have.get(key, 0) // per + 1e-9))
-    fit = min(fits) if fits else 1
-    if fit < 1:
-        raise ConfigError(f"one trial needs {r.workers} workers x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU);"
-                          f" the cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU")
+    request = {**r.per_run(), **{k: v for k, v in driver.items() if k not in ("cpu", "memory")}}
+    fit = check_fits(request, f"one trial ({r.workers} workers + its driver)",
+                     "lower train.resources or use a larger cluster")
     wanted = space.search.max_concurrent
     if wanted is not None and wanted > fit:
         raise ConfigError(f"search.max_concurrent={wanted} trials do not fit: the cluster runs at most {fit} at once")
     return min(wanted or fit, space.search.trials)
 
 
-def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool):
+def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool, driver: dict[str, float]):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from .tracking import MLflowCallback
 
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, space=space, storage_path=layout.storage_path), TRIAL_RESOURCES)
-    experiment = str(Path(layout.storage_path) / "tune")
+        tune.with_parameters(trial_driver, space=space, storage_path=layout.storage_path), driver)
     if resume:
-        if not tune.Tuner.can_restore(str(Path(experiment) / space.train.name)):
-            raise ConfigError(f"--resume: no search to resume under {Path(experiment) / space.train.name}")
-        return tune.Tuner.restore(str(Path(experiment) / space.train.name), trainable=trainable,
+        if not tune.Tuner.can_restore(layout.experiment_dir):
+            raise ConfigError(f"--resume: no search to resume under {layout.experiment_dir}")
+        return tune.Tuner.restore(layout.experiment_dir, trainable=trainable,
                                   resume_unfinished=True, resume_errored=True)
     asha = space.search.asha
     multi = space.search.multi_objective.enabled
@@ -158,7 +164,7 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool)
             scheduler=scheduler,
             max_concurrent_trials=max_concurrent, time_budget_s=space.search.time_budget_s),
         run_config=tune.RunConfig(
-            name=space.train.name, storage_path=experiment,
+            name=space.train.name, storage_path=layout.under_storage("tune"),
             callbacks=[MLflowCallback(layout.tracking_uri, space.train.name, str(layout.root / "mlartifacts"),
                                       space.max_kimg, list(space.search.params))],
             failure_config=tune.FailureConfig(max_failures=1)),
@@ -221,12 +227,13 @@ def champion(space: Space, layout: Layout, results) -> dict | None:
     import ray.train
 
     ranked = ranked_trials(space, results)
-    finalists = []
+    finalists, checkpoints = [], {}
     for score, result in ranked[: max(1, space.search.final.top_k)]:
         trial_id = result.metrics["trial_id"]
-        run = ray.train.Result.from_path(str(Path(layout.storage_path) / f"train-{trial_id}"))
+        run = ray.train.Result.from_path(layout.under_storage(f"train-{trial_id}"))
         checkpoint = run.get_best_checkpoint(space.metric, "min")
         if checkpoint is not None:
+            checkpoints[trial_id] = checkpoint  # local or in a bucket: read through its own filesystem
             finalists.append({"trial_id": trial_id, space.metric: score, "checkpoint": checkpoint.path,
                               "params": {k: result.config[k] for k in space.search.params}})
     if not finalists:
@@ -236,7 +243,7 @@ def champion(space: Space, layout: Layout, results) -> dict | None:
         from .tracking import log_final_scores
 
         final_name = f"final_{space.metric}"
-        for finalist, value in zip(finalists, rescore(space, [f["checkpoint"] for f in finalists])):
+        for finalist, value in zip(finalists, rescore(space, [checkpoints[f["trial_id"]] for f in finalists])):
             finalist[final_name] = value
         log_final_scores(layout.tracking_uri, space.train.name, final_name, finalists)
         finalists.sort(key=lambda f: f[final_name] if math.isfinite(f[final_name]) else math.inf)
@@ -244,7 +251,7 @@ def champion(space: Space, layout: Layout, results) -> dict | None:
     target = layout.root / "best"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(info["checkpoint"], target)
+    checkpoints[info["trial_id"]].to_directory(str(target))
     from .champion import export_weights, register
 
     weights = export_weights(target)
@@ -281,7 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int)
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--output", help="where the search writes (default: ./spd_runs)")
-    p.add_argument("--storage-path", help="Ray Tune/Train results and checkpoints (shared storage on a cluster)")
+    p.add_argument("--storage-path", help="Ray Tune/Train results and checkpoints: a local path, or on a multi-node "
+                   "cluster a bucket URI (s3://, gs://) or a shared mount (default: SPD_TUNE_STORAGE, else --output)")
+    p.add_argument("--shared-storage", action="store_true", default=None,
+                   help="the local --storage-path is a file system every node mounts at the same place (NFS)")
     p.add_argument("--optuna-storage", help="the Optuna study's database URL (default: SQLite under --output)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under --output)")
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray)")
@@ -299,12 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(f"search.max_concurrent={args.max_concurrent}")
     try:
         space = load_space(args.space, sets, output=args.output)
-        layout = Layout.of(space, args.storage_path, args.optuna_storage, args.tracking_uri)
+        layout = Layout.of(space, args.storage_path, args.optuna_storage, args.tracking_uri, args.shared_storage)
         if args.dry_run:
             print(describe(space, layout))
             return 0
-        previous = Path(layout.storage_path) / "tune" / space.train.name
-        if not args.resume and (previous.exists() or (layout.root / "optuna.db").exists()):
+        if not args.resume and (_search_exists(layout) or (layout.root / "optuna.db").exists()):
             raise ConfigError(f"{layout.root} already holds a search named {space.train.name!r}: continue it with "
                               f"--resume, or start a new one with another --output (nothing was changed)")
         from .data import check_available
@@ -314,13 +323,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"the Inception weights found are not pytorch-fid's: scores would not be {space.metric}")
         check_available(space.train.data)
         ensure_ray(args.address)
-        max_concurrent = concurrency(space)
+        from .cluster import check_storage, driver_resources
+
+        check_storage(layout.storage)
+        driver = driver_resources()
+        max_concurrent = concurrency(space, driver)
         layout.root.mkdir(parents=True, exist_ok=True)
         # save Tune's experiment state (trials + searcher) at every step, so a killed driver loses as little
         # as possible; what it still loses is reconciled after the resumed search
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
         print(describe(space, layout, max_concurrent), flush=True)
-        results = build_tuner(space, layout, max_concurrent, args.resume).fit()
+        results = build_tuner(space, layout, max_concurrent, args.resume, driver).fit()
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -348,6 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     finish_search(layout.tracking_uri, space.train.name, summary, best, layout.optuna_url, front)
     print(f"compare the trials: python -m spd_tune.ui {layout.root}")
     return 0
+
+
+def _search_exists(layout: Layout) -> bool:
+    if layout.storage.is_uri:
+        from ray import tune
+
+        return tune.Tuner.can_restore(layout.experiment_dir)
+    return Path(layout.experiment_dir).exists()
 
 
 def describe(space: Space, layout: Layout, max_concurrent: int | None = None) -> str:

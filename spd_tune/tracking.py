@@ -40,8 +40,10 @@ class MLflowTracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         found = self.client.get_experiment_by_name(experiment)
+        # a tracking server stores artifacts where it was told to (--artifacts-destination); a local store here
+        served = tracking_uri.startswith(("http://", "https://"))
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=Path(artifact_root).resolve().as_uri())
+            experiment, artifact_location=None if served else Path(artifact_root).resolve().as_uri())
         self.parent_id = self._find_run({"spd_tune.role": "search"}) or self.client.create_run(
             self.experiment_id, run_name=experiment, tags={"spd_tune.role": "search", **search_tags}).info.run_id
         self.children: dict[str, str] = {}
@@ -169,9 +171,9 @@ def _optuna_plots(optuna_url: str, study_name: str, folder: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import warnings
 
+    import matplotlib.pyplot as plt
     import optuna
     from optuna.visualization import matplotlib as ovm
 

@@ -27,6 +27,7 @@ from .flops import peak_bf16_flops, train_flops_per_image
 from .session import CHECKPOINT_FILE, Session
 from .unet import UNet
 
+
 def derived_seed(*parts: int) -> int:
     """A 63-bit seed from integers, stable across processes and Python versions."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()

@@ -11,8 +11,8 @@ from spd_tune.data import (
     ShardedBatches,
     load_cifar10,
     load_image_folder,
-    load_images,
     load_imagenet64,
+    load_images,
     to_model_range,
     to_uint8,
 )

@@ -11,7 +11,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 def test_ui_serves_the_search_store_on_loopback_and_stops_cleanly(tmp_path):
     from mlflow.tracking import MlflowClient
-
     from ray_cluster import free_port
 
     search = tmp_path / "demo"

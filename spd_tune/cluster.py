@@ -1,0 +1,140 @@
+"""The Ray cluster a run lands on: what it can ever hold, where results are stored, where trial drivers go.
+
+On a launcher cluster (``ray up cluster/gpu.yaml``) GPU workers exist only once the autoscaler starts them,
+so resource checks compare against the autoscaler's limits (max workers x node resources), not only against
+the nodes that are up now. Results and checkpoints must then live where every node can write: a bucket URI or
+a shared file system the user declares shared; a local path there would fail at a trial's first checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError
+
+STORAGE_ENV = "SPD_TUNE_STORAGE"  # cluster/gpu.yaml sets it on the head: the one place storage is configured
+SHARED_ENV = "SPD_TUNE_STORAGE_SHARED"
+AUTOSCALER_CONFIG_ENV = "SPD_TUNE_AUTOSCALER_CONFIG"
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # written by `ray up` on the head
+DRIVER_RESOURCE = "train_driver"
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where Ray Tune and Ray Train write results and checkpoints."""
+
+    path: str
+    shared: bool = False  # a local path every node mounts at the same place (NFS, EFS, Filestore)
+
+    @property
+    def is_uri(self) -> bool:
+        return "://" in self.path and not self.path.startswith("file://")
+
+    @classmethod
+    def resolve(cls, path: str | None, shared: bool | None, default: str) -> "Storage":
+        """The flag, else SPD_TUNE_STORAGE / SPD_TUNE_STORAGE_SHARED, else ``default`` (local)."""
+        path = path or os.environ.get(STORAGE_ENV) or default
+        if shared is None:
+            shared = os.environ.get(SHARED_ENV, "").lower() in ("1", "true", "yes")
+        if "://" not in path:
+            path = str(Path(path).expanduser().resolve())
+        return cls(path, shared)
+
+
+def _bootstrap_max_resources() -> tuple[dict[str, float], int] | None:
+    """The autoscaler's limits from the launcher's config on the head, if this is a launcher cluster."""
+    import yaml
+
+    from .cluster_config import NodeType, max_resources
+
+    path = Path(os.environ.get(AUTOSCALER_CONFIG_ENV, BOOTSTRAP_CONFIG)).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        raw = yaml.safe_load(path.read_text())
+        types = raw["available_node_types"]
+        head_name, limit = raw["head_node_type"], int(raw["max_workers"])
+        nodes = {name: NodeType(name, dict(spec.get("resources", {})), int(spec.get("min_workers", 0)),
+                                int(spec.get("max_workers", limit))) for name, spec in types.items()}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ConfigError(f"cannot read the autoscaler config {path}: {err}") from None
+    head = nodes.pop(head_name)
+    return max_resources(head, tuple(nodes.values()), limit), limit
+
+
+def autoscaler_limits() -> tuple[dict[str, float], int] | None:
+    """(most of each resource, most worker nodes) the autoscaler can provide; None without an autoscaler."""
+    found = _bootstrap_max_resources()
+    if found is not None:
+        return found
+    try:  # Ray's own record, where its autoscaler reports one to the GCS
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - an internal API: its absence only means "no autoscaler known"
+        most = None
+    return (dict(most), 1 << 30) if most else None
+
+
+def capacity() -> dict[str, float]:
+    """The most of each resource the cluster can ever hold: what is up now or what the autoscaler may add."""
+    import ray
+
+    now = ray.cluster_resources()
+    limits = autoscaler_limits()
+    most = limits[0] if limits else {}
+    return {key: max(float(now.get(key, 0)), float(most.get(key, 0))) for key in set(now) | set(most)}
+
+
+def spans_nodes() -> bool:
+    """True when work may run on more than one machine: several nodes up, or an autoscaler that adds some."""
+    import ray
+
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    limits = autoscaler_limits()
+    return alive > 1 or (limits is not None and limits[1] > 0)
+
+
+def check_storage(storage: Storage) -> None:
+    """A local storage path on a multi-node cluster fails only at a trial's first checkpoint: fail now."""
+    if storage.is_uri or storage.shared or not spans_nodes():
+        return
+    raise ConfigError(
+        f"storage {storage.path} is a local path, but this Ray cluster spans several nodes: give a bucket URI "
+        f"(--storage-path s3://bucket/prefix or gs://...; or {STORAGE_ENV}), or, for a file system mounted at "
+        f"the same path on every node (NFS, EFS), declare it with --shared-storage ({SHARED_ENV}=1)")
+
+
+def driver_resources() -> dict[str, float]:
+    """What a trial driver (Tune function + Train controller) holds: no CPU, and one ``train_driver`` where the
+    cluster advertises it, which keeps drivers on the head and off spot GPU workers."""
+    resources = {"cpu": 0, "memory": 1}
+    if capacity().get(DRIVER_RESOURCE, 0) >= 1:
+        resources[DRIVER_RESOURCE] = 1
+    return resources
+
+
+def worker_resources(cpus: float, gpus: float, custom: dict[str, float]) -> dict[str, float]:
+    """One Ray Train worker's resource request."""
+    request = {"CPU": cpus, **custom}
+    if gpus:
+        request["GPU"] = gpus
+    return request
+
+
+def check_fits(request: dict[str, float], what: str, hint: str) -> int:
+    """How many copies of ``request`` the cluster can ever hold at once; an error if not even one."""
+    have = capacity()
+    fits = copies_that_fit(request, have)
+    if fits < 1:
+        short = ", ".join(f"{key} {need:g} (cluster at most {have.get(key, 0):g})" for key, need in request.items()
+                          if need > have.get(key, 0) + 1e-9)
+        raise ConfigError(f"{what} needs {short}; {hint}")
+    return fits
+
+
+def copies_that_fit(request: dict[str, float], have: dict[str, float]) -> int:
+    fits = [int(have.get(key, 0) / need + 1e-9) for key, need in request.items() if need > 0]
+    return min(fits) if fits else 1 << 30
