@@ -1,9 +1,15 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ray_cluster import TEST_ENV  # noqa: E402
+
+# Before anything imports ray: some of these are read once, at import (e.g. loopback-only node addresses).
+os.environ.update(TEST_ENV)
 
 
 @pytest.fixture(autouse=True, scope="session")
