@@ -7,6 +7,8 @@ and plain JSON-able values only, never pickled objects.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import io
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -44,7 +46,9 @@ class Checkpoint:
         return model.to(device).eval(), self.process.build(self.unet.image_size)
 
 
-def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, byte_budget: int | None = None) -> Path:
+    """Write to a temporary file, then rename: a failed write never leaves a partial checkpoint behind.
+    ``byte_budget`` injects a full disk after that many bytes (reliability tests only)."""
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -58,7 +62,14 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            if byte_budget is None:
+                torch.save(payload, f)
+            else:
+                buffer = io.BytesIO()
+                torch.save(payload, buffer)
+                f.write(buffer.getbuffer()[:byte_budget])
+                f.flush()
+                raise OSError(errno.ENOSPC, "No space left on device (injected fault)", str(path))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -68,12 +79,13 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, mmap: bool = False) -> Checkpoint:
+    """A checkpoint, read with ``weights_only=True``; ``mmap`` leaves the tensors on disk until touched."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # a corrupt file, or one that needs unpickling arbitrary objects
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
@@ -82,7 +94,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         unet = UNetConfig(**payload["unet"])
         process = ProcessConfig(**payload["process"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path} has an invalid config: {err}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} has an invalid config: {type(err).__name__}: {err}") from None
     return Checkpoint(unet=unet, process=process, model=payload["model"], ema=payload.get("ema"),
                       extra=payload.get("extra") or {})

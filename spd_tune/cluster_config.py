@@ -9,7 +9,6 @@ shipped files keep them until the user fills them in.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
@@ -17,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cli import Parser
 from .config import ConfigError
 
 PLACEHOLDER = re.compile(r"YOUR-[A-Z0-9-]+")
@@ -135,7 +135,7 @@ def _project_checks(path: Path, raw: dict, where: str) -> ClusterSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_tune.cluster_config", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m spd_tune.cluster_config", description=__doc__.split("\n\n")[0])
     p.add_argument("configs", nargs="+", help="cluster YAML files, e.g. cluster/gpu.yaml")
     p.add_argument("--strict", action="store_true", help="placeholders (YOUR-...) left in a file are errors")
     args = p.parse_args(argv)

@@ -23,6 +23,9 @@ from .unet import PRESETS, UNetConfig
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
+MAX_BATCH = 65536
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid."""
 
@@ -144,6 +147,20 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class FaultsConfig:
+    """Fault injection for reliability tests (docs/reliability.md): leave unset in real runs."""
+
+    nan_loss_at_kimg: float | None = None  # the loss turns NaN from here on: a diverging run
+    checkpoint_write_error_at_kimg: float | None = None  # the checkpoint writer hits a full disk part-way
+
+    def __post_init__(self) -> None:
+        for name in ("nan_loss_at_kimg", "checkpoint_write_error_at_kimg"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"faults.{name}={value} must be > 0 (or null)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -152,6 +169,7 @@ class TrainConfig:
     ema: EMAConfig = EMAConfig()
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    faults: FaultsConfig = FaultsConfig()
     batch: int = 128  # global batch: per-worker batch x workers x accumulation
     accumulation: int = 1
     total_kimg: float = 1000.0
@@ -167,7 +185,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.accumulation < 1:
-            raise ConfigError("batch and accumulation must be >= 1")
+            raise ConfigError(f"batch={self.batch} and accumulation={self.accumulation} must be >= 1")
+        if self.batch > MAX_BATCH:
+            raise ConfigError(f"batch={self.batch} is beyond {MAX_BATCH} images per step")
         per_step = self.resources.workers * self.accumulation
         if self.batch % per_step:
             raise ConfigError(f"batch={self.batch} must be divisible by workers x accumulation = {per_step}")

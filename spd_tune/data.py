@@ -260,17 +260,29 @@ class ShardedBatches:
 
 
 def check_available(cfg: DataConfig) -> None:
-    """Fail fast, before any worker starts, when the data cannot be had (downloading CIFAR-10 if allowed)."""
+    """Fail fast, before any worker starts, when the data cannot be had (downloading CIFAR-10 if allowed) or is
+    visibly broken: CIFAR-10 files with the wrong checksum, a folder without a single image or npz batch."""
     if cfg.name == "cifar10":
         from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import check_integrity
 
         root = Path(cfg.root or default_data_root()).expanduser().resolve()
         if not (root / CIFAR10.base_folder).is_dir():
             if not cfg.download:
                 raise DataError(f"CIFAR-10 not found: expected {CIFAR10_LAYOUT.format(root=root)}")
             _download_cifar10(root)
+        files = CIFAR10.train_list if cfg.split == "train" else CIFAR10.test_list
+        for name, md5 in [*files, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]:
+            if not check_integrity(str(root / CIFAR10.base_folder / name), md5):
+                raise DataError(f"CIFAR-10 file {root / CIFAR10.base_folder / name} is missing or corrupted (md5 "
+                                f"mismatch); delete {root / CIFAR10.base_folder} to download it again")
     elif cfg.name in ("imagenet64", "folder"):
         root = Path(cfg.root).expanduser()
+        layout = IMAGENET64_LAYOUT.format(root=root) if cfg.name == "imagenet64" else "a folder of images"
         if not root.is_dir():
-            layout = IMAGENET64_LAYOUT.format(root=root) if cfg.name == "imagenet64" else "a folder of images"
             raise DataError(f"data folder not found: {root}; expected {layout}")
+        pattern = ("train_data_batch_*.npz" if cfg.split == "train" else "val_data*.npz") \
+            if cfg.name == "imagenet64" else None
+        has_batches = pattern is not None and any(root.glob(pattern))
+        if not has_batches and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.rglob("*")):
+            raise DataError(f"no images in {root}; expected {layout}")

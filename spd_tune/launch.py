@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
+from .cli import Parser
 from .cluster import Storage
 from .config import ConfigError, TrainConfig, load_train_config
 from .data import DataError, check_available
@@ -85,10 +86,31 @@ def plan(cfg: TrainConfig) -> str:
     ])
 
 
+def check_resumable(cfg: TrainConfig, storage: Storage) -> None:
+    """Re-using a run name resumes that run, so its checkpoints must hold the same network and process."""
+    from .checkpoint import load_checkpoint
+
+    if storage.is_uri:
+        return
+    found = sorted((Path(storage.path) / cfg.name).glob("step_*/checkpoint.pt"))
+    if not found:
+        return
+    state = load_checkpoint(found[-1], mmap=True)
+    for what, theirs, ours in (("model", state.unet, cfg.unet), ("process", state.process, cfg.process)):
+        if theirs != ours:
+            fields = [f for f in dataclasses.fields(ours) if getattr(theirs, f.name) != getattr(ours, f.name)]
+            diff = ", ".join(f"{f.name} {getattr(theirs, f.name)!r} -> {getattr(ours, f.name)!r}" for f in fields)
+            raise ConfigError(f"run {cfg.name!r} in {Path(storage.path) / cfg.name} holds checkpoints of another "
+                              f"{what} ({diff}); re-using a name resumes that run: pick another --name or --output")
+
+
 def run_training(cfg: TrainConfig, address: str | None = None, storage: Storage | None = None):
     from .cluster import check_storage
+    from .preflight import check_storage_path
 
     storage = storage or Storage.resolve(None, None, cfg.output)
+    check_storage_path(storage.path)
+    check_resumable(cfg, storage)
     metric = metric_name(cfg)  # finds (or downloads) the FID weights now, not in the workers
     check_available(cfg.data)
     ensure_ray(address)
@@ -103,7 +125,7 @@ def run_training(cfg: TrainConfig, address: str | None = None, storage: Storage 
 
 
 def train_cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_tune.train",
+    p = Parser(prog="python -m spd_tune.train",
                                 description="Train one SPD model with Ray Train (DDP on any number of workers).")
     p.add_argument("config", help="a search space name (demo, cifar10, imagenet64) or a YAML/JSON config file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. optim.lr=2e-4")
@@ -138,6 +160,10 @@ def train_cli(argv: list[str] | None = None) -> int:
         print(f"error: the run failed: {result.error}", file=sys.stderr)
         return 1
     final = result.metrics or {}
+    if final.get("diverged"):
+        print(f"error: the run diverged (non-finite loss) at {final.get('kimg', 0):g} kimg; its checkpoints before that "
+              f"are kept", file=sys.stderr)
+        return 1
     print(json.dumps({k: final.get(k) for k in ("kimg", "loss", metric)}))
     if best is not None:
         print(f"best checkpoint ({metric}): {best.path}")

@@ -8,7 +8,6 @@ The file holds ``images`` (uint8 [N, H, W, 3], rounded as the FID reference is) 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from contextlib import nullcontext
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .cli import Parser
 from .data import to_uint8
 from .sampling import SamplerConfig, sample
 
@@ -45,7 +45,7 @@ def sample_checkpoint(path: str | Path, n: int, *, sampler: SamplerConfig, first
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_tune.sample", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m spd_tune.sample", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--steps", type=int, default=None, help="sampler steps K (default: all T)")

@@ -22,6 +22,9 @@ MAX_STEPS = 100_000
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+MAX_M = 12.0  # far outside any image spectrum (spd-method: m in [1, 3]); D(f) spans > 1e20 beyond it
+
+
 def check_steps(steps: object, minimum: int = 3) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or not minimum <= steps <= MAX_STEPS:
         raise ValueError(
@@ -305,6 +308,8 @@ class ProcessConfig:
             raise ValueError(f"process kind={self.kind!r} must be 'spd' or 'ddpm'")
         check_steps(self.steps)
         SpectrumParams(c1=self.c1, c2=self.c2, m=self.m)
+        if self.m > MAX_M:
+            raise ValueError(f"spectrum exponent m={self.m} is beyond {MAX_M}: natural images have m near 2")
         if self.ddpm_schedule not in ("linear", "cosine"):
             raise ValueError(f"ddpm_schedule={self.ddpm_schedule!r} must be 'linear' or 'cosine'")
 

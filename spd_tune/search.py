@@ -10,7 +10,6 @@ registered in the MLflow Model Registry.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -19,6 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .cli import Parser
 from .cluster import Storage
 from .config import ConfigError
 from .search_space import Space, load_space
@@ -72,6 +72,11 @@ def trial_driver(params: dict, space: Space, storage_path: str) -> None:
         raise result.error
 
 
+def diverged(result: dict | None) -> bool:
+    """The run stopped on a non-finite loss (train.py): a failed trial, whatever its earlier scores."""
+    return bool(result) and bool(result.get("diverged"))
+
+
 def make_searcher(space: Space, layout: Layout):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
@@ -94,6 +99,12 @@ def make_searcher(space: Space, layout: Layout):
                 ot_trial.report(value, step)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if diverged(result) and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+                self._completed_trials.add(trial_id)
+                ot_trial = self._ot_trials[trial_id]
+                self._ot_study._storage.set_trial_user_attr(ot_trial._trial_id, "spd_tune.diverged", True)
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                return
             stopped = result is not None and float(result.get("kimg", 0)) < space.max_kimg - 1e-9
             if stopped and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._completed_trials.add(trial_id)
@@ -212,6 +223,8 @@ def ranked_trials(space: Space, results) -> list[tuple[float, object]]:
                       key=lambda item: item[0])
     ranked = []
     for result in results:
+        if diverged(result.metrics):
+            continue
         df = result.metrics_dataframe
         if df is None or space.metric not in df:
             continue
@@ -267,7 +280,8 @@ def summary_table(space: Space, results) -> str:
         df = r.metrics_dataframe
         metric = df[space.metric].min() if df is not None and space.metric in df else math.nan
         kimg = r.metrics.get("kimg", 0) if r.metrics else 0
-        state = "error" if r.error else ("stopped" if kimg < space.max_kimg - 1e-9 else "complete")
+        state = "error" if r.error else "diverged" if diverged(r.metrics) else (
+            "stopped" if kimg < space.max_kimg - 1e-9 else "complete")
         rows.append((metric, r.metrics.get("trial_id", "?") if r.metrics else "?", r.config, kimg, state))
     rows.sort(key=lambda row: (math.isnan(row[0]), row[0]))
     names = list(space.search.params)
@@ -283,7 +297,7 @@ def _fmt(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_tune.search", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m spd_tune.search", description=__doc__.split("\n\n")[0])
     p.add_argument("space", help="cifar10, imagenet64, demo, or a path to a space YAML")
     p.add_argument("--trials", type=int)
     p.add_argument("--max-concurrent", type=int)
@@ -313,9 +327,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(describe(space, layout))
             return 0
-        if not args.resume and (_search_exists(layout) or (layout.root / "optuna.db").exists()):
+        from .preflight import check_optuna_url, check_storage_path, check_tracking_uri
+
+        check_storage_path(layout.storage.path)
+        exists = _search_exists(layout)
+        if not args.resume and (exists or (layout.root / "optuna.db").exists()):
             raise ConfigError(f"{layout.root} already holds a search named {space.train.name!r}: continue it with "
                               f"--resume, or start a new one with another --output (nothing was changed)")
+        if args.resume and not exists:
+            raise ConfigError(f"--resume: no search to resume under {layout.experiment_dir}")
+        check_tracking_uri(layout.tracking_uri)
+        check_optuna_url(layout.optuna_url)
         from .data import check_available
         from .evaluation import metric_name
 
@@ -364,11 +386,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _search_exists(layout: Layout) -> bool:
-    if layout.storage.is_uri:
-        from ray import tune
+    from ray import tune
 
+    if layout.storage.is_uri:
         return tune.Tuner.can_restore(layout.experiment_dir)
-    return Path(layout.experiment_dir).exists()
+    return Path(layout.experiment_dir).exists() and tune.Tuner.can_restore(layout.experiment_dir)
 
 
 def describe(space: Space, layout: Layout, max_concurrent: int | None = None) -> str:

@@ -22,6 +22,8 @@ log = logging.getLogger("spd_tune.tracking")
 # bounded client timeouts (seconds) and retries: a dead server must not stall the search
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+PAUSE_AFTER_FAILURE_S = 60.0  # after a failed call, skip MLflow for this long instead of waiting on it per result
 
 SKIP_METRICS = {"step", "start_step", "done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
                 "pid", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name"}
@@ -98,19 +100,31 @@ class MLflowCallback(Callback):
         self.tracking_uri, self.experiment, self.artifact_root = tracking_uri, experiment, artifact_root
         self.max_kimg, self.param_names = max_kimg, list(param_names)
         self.tracker: MLflowTracker | None = None
+        self.paused_until, self.skipped = 0.0, 0
 
     def __getstate__(self):
-        return {**self.__dict__, "tracker": None}
+        return {**self.__dict__, "tracker": None, "paused_until": 0.0, "skipped": 0}
 
     def _guard(self, what: str, fn, *args):
+        """Run one MLflow call; on failure log it and pause MLflow for a while, so a dead tracking server costs
+        the search one timeout per pause, not one per result."""
+        if time.monotonic() < self.paused_until:
+            self.skipped += 1
+            return None
         try:
             if self.tracker is None:
                 self.tracker = MLflowTracker(self.tracking_uri, self.experiment, Path(self.artifact_root),
                                              {"spd_tune.search": self.experiment})
-            return fn(*args)
+            result = fn(*args)
         except Exception as err:  # logging must never take the search down
-            log.warning("MLflow %s failed (%s: %s); the search goes on", what, type(err).__name__, err)
+            self.paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
+            log.warning("MLflow %s failed (%s: %s); the search goes on, MLflow paused for %.0f s", what,
+                        type(err).__name__, err, PAUSE_AFTER_FAILURE_S)
             return None
+        if self.skipped:
+            log.warning("MLflow is back; %d logging call(s) were skipped while it was unreachable", self.skipped)
+            self.skipped = 0
+        return result
 
     def _child(self, trial) -> str | None:
         params = {k: trial.config.get(k) for k in self.param_names}
@@ -128,6 +142,10 @@ class MLflowCallback(Callback):
         run_id = self._child(trial)
         kimg = float((trial.last_result or {}).get("kimg", 0))
         stopped = kimg < self.max_kimg - 1e-9
+        if run_id and (trial.last_result or {}).get("diverged"):
+            self._guard("trial end", self.tracker.finish, run_id, "FAILED",
+                        {"spd_tune.diverged": "true", "spd_tune.kimg": f"{kimg:g}"})
+            return
         if run_id:
             self._guard("trial end", self.tracker.finish, run_id, "KILLED" if stopped else "FINISHED",
                         {"spd_tune.stopped_early": str(stopped).lower(), "spd_tune.kimg": f"{kimg:g}"})

@@ -118,6 +118,8 @@ def run_worker(cfg: TrainConfig, session: Session) -> None:
             sync = micro == cfg.accumulation - 1 or not hasattr(model, "no_sync")
             with (nullcontext() if sync else model.no_sync()), autocast():
                 loss = schedule.loss(model, x0, t, noise)
+            if cfg.faults.nan_loss_at_kimg is not None and kimg_at(step, cfg) >= cfg.faults.nan_loss_at_kimg:
+                loss = loss * float("nan")  # injected divergence
             (loss / cfg.accumulation).backward()
             loss_sum += loss.detach()
             loss_count += 1
@@ -139,7 +141,12 @@ def run_worker(cfg: TrainConfig, session: Session) -> None:
             elapsed = now - timer
             loss_value = session.mean_across_workers(loss_sum / max(loss_count, 1))
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training diverged: loss is {loss_value} at {kimg_at(done, cfg):.3f} kimg")
+                # a diverged run ends here with a final report, no checkpoint and no retry: restarting it from
+                # its last checkpoint would only diverge again. The search marks it failed.
+                session.log(f"training diverged: loss is {loss_value} at {kimg_at(done, cfg):.3f} kimg; stopping")
+                session.report({"kimg": kimg_at(done, cfg), "step": done, "start_step": start_step, "lr": lr,
+                                "diverged": 1.0, evaluator.metric: math.inf}, None, None, name=f"step_{done:09d}")
+                return
             session.log(f"evaluating at {kimg_at(done, cfg):.3f} kimg: {cfg.eval.samples} samples, "
                         f"{cfg.eval.sampler} sampler, {cfg.eval.sampler_steps or cfg.process.steps} steps")
             eval_start = time.perf_counter()
@@ -154,7 +161,13 @@ def run_worker(cfg: TrainConfig, session: Session) -> None:
                                                                 "kimg": kimg_at(done, cfg), "config": cfg.to_dict(),
                                                                 "metric": {evaluator.metric: value}})
                 session.log(f"{evaluator.metric} {value:.4f} at {kimg_at(done, cfg):.3f} kimg")
-            session.report(metrics, state, grid, name=f"step_{done:09d}")
+            fault = cfg.faults.checkpoint_write_error_at_kimg
+            budget = 65536 if fault is not None and kimg_at(done, cfg) >= fault else None
+            try:
+                session.report(metrics, state, grid, name=f"step_{done:09d}", byte_budget=budget)
+            except OSError as err:
+                raise OSError(err.errno, f"cannot write the checkpoint of step {done} ({err.strerror}); the "
+                                         f"checkpoints written before it are untouched", err.filename) from None
             loss_sum.zero_()
             loss_count, images_seen, timer = 0, 0, time.perf_counter()
 

@@ -8,7 +8,6 @@ running after Ctrl-C: the UI runs in its own process group, which is stopped as 
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -16,6 +15,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from .cli import Parser
 
 
 def find_store(folder: Path) -> Path:
@@ -61,7 +62,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spd_tune.ui", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m spd_tune.ui", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a search folder (OUTPUT/<space>) or an --output folder")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; reach it by SSH forwarding)")
     p.add_argument("--port", type=int, default=5000)

@@ -1,7 +1,6 @@
 """The cluster path: the launcher configs in cluster/, resource checks against the autoscaler's limits, storage
 rules, and searches on a simulated multi-node cluster that lose a worker node or the trial-driver node."""
 
-import copy
 import threading
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import pytest
 import yaml
 
 from spd_tune.cluster import Storage
-from spd_tune.cluster_config import PLACEHOLDER, load_cluster_config, main as check_main
+from spd_tune.cluster_config import PLACEHOLDER, load_cluster_config
+from spd_tune.cluster_config import main as check_main
 from spd_tune.config import ConfigError
 
 CLUSTER_DIR = Path(__file__).resolve().parent.parent / "cluster"
@@ -206,8 +206,14 @@ def _assert_every_trial_accounted_for(tmp_path, trials):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_search_runs_trials_on_several_nodes_and_survives_losing_one(tmp_path, monkeypatch, capsys):
-    from multinode import (add_trainer_node, registered_checkpoints, simulated_cluster, train_worker_nodes,
-                           trial_driver_nodes, wait_for)
+    from multinode import (
+        add_trainer_node,
+        registered_checkpoints,
+        simulated_cluster,
+        train_worker_nodes,
+        trial_driver_nodes,
+        wait_for,
+    )
 
     from spd_tune.search import main
 
@@ -243,8 +249,7 @@ def test_search_runs_trials_on_several_nodes_and_survives_losing_one(tmp_path, m
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_losing_the_trial_driver_node_resumes_the_trial(tmp_path, monkeypatch):
-    from multinode import (add_trainer_node, registered_checkpoints, simulated_cluster, trial_driver_nodes,
-                           wait_for)
+    from multinode import add_trainer_node, registered_checkpoints, simulated_cluster, trial_driver_nodes, wait_for
 
     from spd_tune.search import main
 

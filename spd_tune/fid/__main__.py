@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cli import Parser
 from ..data import DATASETS, DataConfig, DataError, load_images
 from .inception import FeatureSpec, InceptionFeatures
 from .reference import reference_stats, score
@@ -21,7 +22,7 @@ from .weights import WeightsError
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--data-dir", help="data folder of the reference data set (cifar10: downloaded into "
                                            "$SPD_TUNE_DATA or ~/.cache/spd_tune/data when not given)")
     common.add_argument("--no-data-download", action="store_true", help="cifar10: never download the data set")
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--cache-dir", help="where reference statistics are cached (default: ~/.cache/spd_tune)")
     common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     common.add_argument("--batch-size", type=int, default=100)
-    p = argparse.ArgumentParser(prog="python -m spd_tune.fid", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m spd_tune.fid", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     ref = sub.add_parser("ref", parents=[common], help="compute and cache reference statistics")
     ref.add_argument("dataset", choices=DATASETS)
