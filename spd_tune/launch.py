@@ -156,8 +156,14 @@ def train_cli(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if result.error:
-        print(f"error: the run failed: {result.error}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - Ray Train's failure: the workers' tracebacks are in the log above
+        import ray.train
+
+        if not isinstance(err, ray.train.TrainingFailedError):
+            raise
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        print(f"error: the run failed ({lines[-1] if lines else type(err).__name__}); it resumes from its last "
+              f"checkpoint when started again with the same --name", file=sys.stderr)
         return 1
     final = result.metrics or {}
     if final.get("diverged"):

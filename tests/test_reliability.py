@@ -135,10 +135,10 @@ def test_a_full_disk_fails_a_ray_train_run_clearly(ray_cluster, tmp_path):
     cfg = load_train_config("demo", [*TINY_TRAIN, f"data.cache_dir={tmp_path / 'cache'}", "total_kimg=0.48",
                                      "eval.every_kimg=0.16", "faults.checkpoint_write_error_at_kimg=0.32",
                                      "max_failures=0"], output=str(tmp_path / "runs"), name="full")
-    result = build_trainer(cfg, "proxy_fd64").fit()
-    assert result.error is not None
-    assert "No space left on device" in str(result.error) and "cannot write the checkpoint of step 20" in str(
-        result.error)
+    with pytest.raises(ray.train.TrainingFailedError) as failure:
+        build_trainer(cfg, "proxy_fd64").fit()
+    assert "No space left on device" in str(failure.value)
+    assert "cannot write the checkpoint of step 20" in str(failure.value)
     run = ray.train.Result.from_path(str(tmp_path / "runs" / "full"))
     latest = run.checkpoint
     assert latest is not None and latest.path.rstrip("/").endswith("step_000000010")
@@ -171,7 +171,7 @@ def test_a_diverging_trial_fails_and_the_search_goes_on(ray_cluster, tmp_path, m
     # secrets in the driver's environment must reach no MLflow param, tag or artifact
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRET)
-    args = _search_args(tmp_path, "search.trials=3", "train.faults.nan_loss_at_kimg=0.16",
+    args = _search_args(tmp_path, "search.trials=3", "search.seed=3", "train.faults.nan_loss_at_kimg=0.16",
                         "search.params.nan_at={path: faults.nan_loss_at_kimg, type: categorical, "
                         "choices: [0.16, 1000.0]}")
     assert main(args) == 0
@@ -311,20 +311,33 @@ def test_servers_bind_loopback_in_the_cluster_configs():
 @pytest.mark.timeout(300)
 def test_a_local_ray_serves_its_dashboard_on_loopback_only(tmp_path):
     script = (
-        "import os, psutil\n"
+        "import os, socket\n"
         "from spd_tune.launch import ensure_ray\n"
         "ensure_ray()\n"
         "import ray\n"
         "port = int(os.environ['RAY_API_SERVER_ADDRESS'].rsplit(':', 1)[1])\n"
         "found = set()\n"
-        "for c in psutil.net_connections(kind='tcp'):\n"
-        "    if c.status == 'LISTEN' and c.laddr.port == port:\n"
-        "        found.add(c.laddr.ip)\n"
+        "for table in ('/proc/net/tcp', '/proc/net/tcp6'):\n"
+        "    for row in open(table).read().splitlines()[1:]:\n"
+        "        local, state = row.split()[1], row.split()[3]\n"
+        "        host, hex_port = local.split(':')\n"
+        "        if state == '0A' and int(hex_port, 16) == port:  # LISTEN\n"
+        "            raw = bytes.fromhex(host)\n"
+        "            family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6\n"
+        "            words = b''.join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))\n"
+        "            found.add(socket.inet_ntop(family, words))\n"
         "print(sorted(found))\n"
         "ray.shutdown()\n")
+    import shutil
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="rl-", dir="/tmp")  # AF_UNIX socket paths must stay short
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    env.update(RAY_TMPDIR=str(tmp_path), TMPDIR=str(tmp_path))
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240,
-                          check=False)
+    env.update(RAY_TMPDIR=temp, TMPDIR=temp)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240,
+                              check=False)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"\['127\.0\.0\.1'\]\s*$", done.stdout), done.stdout[-500:]
