@@ -46,9 +46,21 @@ class Checkpoint:
         return model.to(device).eval(), self.process.build(self.unet.image_size)
 
 
-def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, byte_budget: int | None = None) -> Path:
-    """Write to a temporary file, then rename: a failed write never leaves a partial checkpoint behind.
-    ``byte_budget`` injects a full disk after that many bytes (reliability tests only)."""
+@dataclass(frozen=True)
+class WriteFault:
+    """An injected write failure (reliability tests): ``code`` (an errno) after ``after_bytes`` bytes."""
+
+    code: int = errno.ENOSPC
+    after_bytes: int = 65536
+
+    @classmethod
+    def named(cls, name: str) -> WriteFault:
+        """ENOSPC: the disk fills up part-way through the file; EROFS: the folder cannot be written at all."""
+        return cls(errno.ENOSPC, 65536) if name == "ENOSPC" else cls(errno.EROFS, 0)
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, fault: WriteFault | None = None) -> Path:
+    """Write to a temporary file, then rename: a failed write never leaves a partial checkpoint behind."""
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -62,14 +74,14 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, byte_budget: int | No
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            if byte_budget is None:
+            if fault is None:
                 torch.save(payload, f)
             else:
                 buffer = io.BytesIO()
                 torch.save(payload, buffer)
-                f.write(buffer.getbuffer()[:byte_budget])
+                f.write(buffer.getbuffer()[:fault.after_bytes])
                 f.flush()
-                raise OSError(errno.ENOSPC, "No space left on device (injected fault)", str(path))
+                raise OSError(fault.code, f"{os.strerror(fault.code)} (injected fault)", str(path))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -151,9 +151,12 @@ class FaultsConfig:
     """Fault injection for reliability tests (docs/reliability.md): leave unset in real runs."""
 
     nan_loss_at_kimg: float | None = None  # the loss turns NaN from here on: a diverging run
-    checkpoint_write_error_at_kimg: float | None = None  # the checkpoint writer hits a full disk part-way
+    checkpoint_write_error_at_kimg: float | None = None  # from here on the checkpoint writer fails ...
+    checkpoint_write_error: str = "ENOSPC"  # ... with a full disk part-way (ENOSPC) or a read-only folder (EROFS)
 
     def __post_init__(self) -> None:
+        if self.checkpoint_write_error not in ("ENOSPC", "EROFS"):
+            raise ConfigError(f"faults.checkpoint_write_error={self.checkpoint_write_error!r} must be ENOSPC or EROFS")
         for name in ("nan_loss_at_kimg", "checkpoint_write_error_at_kimg"):
             value = getattr(self, name)
             if value is not None and value <= 0:

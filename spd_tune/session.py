@@ -16,16 +16,16 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, WriteFault, save_checkpoint
 
 CHECKPOINT_FILE = "checkpoint.pt"
 GRID_FILE = "samples.png"
 
 
 def write_checkpoint_dir(directory: Path, state: Checkpoint, grid: np.ndarray | None,
-                         byte_budget: int | None = None) -> None:
+                         fault: WriteFault | None = None) -> None:
     """checkpoint.pt (full training state) and samples.png (the evaluation's first images)."""
-    save_checkpoint(Path(directory) / CHECKPOINT_FILE, state, byte_budget=byte_budget)
+    save_checkpoint(Path(directory) / CHECKPOINT_FILE, state, fault=fault)
     if grid is not None and len(grid):
         from torchvision.utils import save_image
 
@@ -48,8 +48,8 @@ class Session:
         return float(value)
 
     def report(self, metrics: dict, state: Checkpoint | None, grid: np.ndarray | None, name: str,
-               byte_budget: int | None = None) -> None:
-        """Metrics (every rank) and, from rank 0, a checkpoint; ``byte_budget`` injects a full disk."""
+               fault: WriteFault | None = None) -> None:
+        """Metrics (every rank) and, from rank 0, a checkpoint; ``fault`` injects a failing write."""
         raise NotImplementedError
 
     def log(self, message: str) -> None:
@@ -71,11 +71,11 @@ class LocalSession(Session):
         found = sorted(d for d in (self.run_dir / "checkpoints").glob("step_*") if (d / CHECKPOINT_FILE).is_file())
         yield found[-1] if found else None
 
-    def report(self, metrics, state, grid, name, byte_budget=None):
+    def report(self, metrics, state, grid, name, fault=None):
         if state is not None:
             directory = self.run_dir / "checkpoints" / name
             directory.mkdir(parents=True, exist_ok=True)
-            write_checkpoint_dir(directory, state, grid, byte_budget)
+            write_checkpoint_dir(directory, state, grid, fault)
         self.history.append(dict(metrics))
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -121,12 +121,12 @@ class RaySession(Session):
             value /= self.world_size
         return float(value)
 
-    def report(self, metrics, state, grid, name, byte_budget=None):
+    def report(self, metrics, state, grid, name, fault=None):
         import ray.train
 
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if state is not None:  # rank 0 only; every rank still calls report (it is a barrier)
-                write_checkpoint_dir(Path(tmp), state, grid, byte_budget)
+                write_checkpoint_dir(Path(tmp), state, grid, fault)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, WriteFault, load_checkpoint
 from .config import TrainConfig, from_dict
 from .data import ShardedBatches, load_images
 from .flops import peak_bf16_flops, train_flops_per_image
@@ -161,10 +161,10 @@ def run_worker(cfg: TrainConfig, session: Session) -> None:
                                                                 "kimg": kimg_at(done, cfg), "config": cfg.to_dict(),
                                                                 "metric": {evaluator.metric: value}})
                 session.log(f"{evaluator.metric} {value:.4f} at {kimg_at(done, cfg):.3f} kimg")
-            fault = cfg.faults.checkpoint_write_error_at_kimg
-            budget = 65536 if fault is not None and kimg_at(done, cfg) >= fault else None
+            at = cfg.faults.checkpoint_write_error_at_kimg
+            fault = WriteFault.named(cfg.faults.checkpoint_write_error) if at and kimg_at(done, cfg) >= at else None
             try:
-                session.report(metrics, state, grid, name=f"step_{done:09d}", byte_budget=budget)
+                session.report(metrics, state, grid, name=f"step_{done:09d}", fault=fault)
             except OSError as err:
                 raise OSError(err.errno, f"cannot write the checkpoint of step {done} ({err.strerror}); the "
                                          f"checkpoints written before it are untouched", err.filename) from None

@@ -32,3 +32,22 @@ def ray_cluster(private_caches):
     cluster = LocalRayCluster(num_cpus=2).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def private_ray_cluster(ray_cluster):
+    """A fresh single-node cluster for one test, free of what earlier tests left in the session's cluster
+    (e.g. a run's controller kept alive by a test's own references); the session's cluster is reconnected after."""
+    import ray
+    from ray_cluster import LocalRayCluster
+
+    ray.shutdown()
+    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+    cluster = LocalRayCluster(num_cpus=2).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if saved is not None:
+            os.environ["RAY_API_SERVER_ADDRESS"] = saved
+        ray.init(address=ray_cluster.address)

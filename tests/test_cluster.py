@@ -261,7 +261,8 @@ def test_losing_the_trial_driver_node_resumes_the_trial(tmp_path, monkeypatch):
         driver_node = add_driver_node()
         add_trainer_node(cluster)
         cluster.wait_for_nodes()
-        thread, out = _run_in_thread(main, _search_args(tmp_path, 1, cluster.address, "--shared-storage"))
+        # the way a job on a launcher cluster joins it: --address auto (the cluster's address file)
+        thread, out = _run_in_thread(main, _search_args(tmp_path, 1, "auto", "--shared-storage"))
         wait_for(lambda: trial_driver_nodes() == {driver_node.node_id}, 240, "the trial driver on its node")
         wait_for(lambda: any(registered_checkpoints(d) for d in (tmp_path / "shared").glob("train-*")), 240,
                  "a registered checkpoint")
