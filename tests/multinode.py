@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ def simulated_cluster(monkeypatch, head_resources: dict, head_cpus: int = 1):
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
         if previous:
             ray.init(address=previous)
 

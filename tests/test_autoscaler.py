@@ -7,6 +7,7 @@ resource, since fake nodes have no CUDA devices.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,8 @@ def fake_cluster_config(gcs_port: int) -> dict:
                for name, spec in raw["available_node_types"].items() if name != raw["head_node_type"]}
     return {
         "cluster_name": "spd-tune-fake", "max_workers": 2, "upscaling_speed": 1.0, "idle_timeout_minutes": 1,
-        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{gcs_port}", "launch_multiple": True},
+        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{gcs_port}", "launch_multiple": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True},
         "auth": {"ssh_user": "ubuntu"}, "docker": {},
         "available_node_types": {"ray.head.default": {"resources": {"CPU": 2, "train_driver": head["resources"][
             "train_driver"]}, "node_config": {}, "max_workers": 0}, **workers},
@@ -105,6 +107,7 @@ def fake_autoscaling_cluster(private_caches):
                 pass
         head.wait(timeout=60)
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -122,10 +125,12 @@ def test_a_job_submitted_search_scales_up_gpu_yamls_worker_type(fake_autoscaling
     for item in sets:
         entrypoint += ["--set", item]
     # no --working-dir: fake nodes share one runtime-env folder, and the project is installed (ray-cluster.md §2)
+    # a launcher head has ~/ray_bootstrap_config.yaml; this head was started with --autoscaling-config instead
+    env_vars = {k: os.environ[k] for k in ("SPD_TUNE_CACHE", "TORCH_HOME", "SPD_TUNE_DATA")}
+    env_vars["SPD_TUNE_AUTOSCALER_CONFIG"] = str(cluster["temp"] / "fake.yaml")
     submit = [RAY, "job", "submit", "--address", cluster["dashboard"], "--runtime-env-json",
-              json.dumps({"env_vars": {k: os.environ[k] for k in ("SPD_TUNE_CACHE", "TORCH_HOME", "SPD_TUNE_DATA")}}),
-              "--", *entrypoint]
-    done = subprocess.run(submit, env=cluster["env"], capture_output=True, text=True, timeout=540, check=False)
+              json.dumps({"env_vars": env_vars}), "--", *entrypoint]
+    done = subprocess.run(submit, env=cluster["env"], capture_output=True, text=True, timeout=300, check=False)
     (tmp_path / "job.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "succeeded" in done.stdout
