@@ -149,9 +149,7 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool,
 
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, space=space, storage_path=layout.storage_path), driver)
-    if resume:
-        if not tune.Tuner.can_restore(layout.experiment_dir):
-            raise ConfigError(f"--resume: no search to resume under {layout.experiment_dir}")
+    if resume:  # main() has checked that there is one
         return tune.Tuner.restore(layout.experiment_dir, trainable=trainable,
                                   resume_unfinished=True, resume_errored=True)
     asha = space.search.asha
