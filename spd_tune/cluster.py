@@ -19,6 +19,7 @@ SHARED_ENV = "SPD_TUNE_STORAGE_SHARED"
 AUTOSCALER_CONFIG_ENV = "SPD_TUNE_AUTOSCALER_CONFIG"
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # written by `ray up` on the head
 DRIVER_RESOURCE = "train_driver"
+BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,27 @@ def worker_resources(cpus: float, gpus: float, custom: dict[str, float]) -> dict
 def check_fits(request: dict[str, float], what: str, hint: str) -> int:
     """How many copies of ``request`` the cluster can ever hold at once; an error if not even one."""
     have = capacity()
+    check_resource_names(request, have)
     fits = copies_that_fit(request, have)
     if fits < 1:
         short = ", ".join(f"{key} {need:g} (cluster at most {have.get(key, 0):g})" for key, need in request.items()
                           if need > have.get(key, 0) + 1e-9)
         raise ConfigError(f"{what} needs {short}; {hint}")
     return fits
+
+
+def check_resource_names(request: dict[str, float], have: dict[str, float]) -> None:
+    """A custom resource the cluster never advertises is most often a typo: name the close ones."""
+    import difflib
+
+    for key in request:
+        if key in have or key in BUILTIN_RESOURCES:
+            continue
+        custom = sorted(k for k in have if k not in BUILTIN_RESOURCES and not k.startswith("node:"))
+        close = difflib.get_close_matches(key, custom, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"resources.custom names {key!r}, which this cluster does not have (nor its autoscaler); "
+                          f"{hint}its custom resources: {custom or 'none'}")
 
 
 def copies_that_fit(request: dict[str, float], have: dict[str, float]) -> int:

@@ -9,6 +9,7 @@ Ray Train workers change directory.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -40,10 +41,7 @@ class ModelConfig:
             raise ConfigError(f"model.preset={self.preset!r} is not one of {sorted(PRESETS)}")
 
     def unet(self, image_size: int) -> UNetConfig:
-        fields = {f.name for f in dataclasses.fields(UNetConfig)}
-        unknown = sorted(set(self.overrides) - fields)
-        if unknown:
-            raise ConfigError(f"model.overrides has unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        check_known_keys(self.overrides, {f.name for f in dataclasses.fields(UNetConfig)}, "model.overrides.")
         try:
             return dataclasses.replace(PRESETS[self.preset], **{"image_size": image_size, **self.overrides})
         except (TypeError, ValueError) as err:
@@ -219,6 +217,23 @@ class TrainConfig:
 
 # --- building dataclasses from plain dicts ---------------------------------------------------------
 
+def did_you_mean(key: str, known) -> str:
+    names = [str(k) for k in known]
+    # a prefix (``grace`` for ``grace_kimg``) or a close spelling; 0.65 keeps ``extra`` from suggesting ``train``
+    close = [n for n in names if n.startswith(str(key))] or difflib.get_close_matches(str(key), names, n=1,
+                                                                                      cutoff=0.65)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_known_keys(data: dict, known, where: str = "") -> None:
+    """Every key must be one of ``known``: a typo is an error naming the key, a close match and the choices."""
+    unknown = sorted((k for k in data if k not in known), key=str)
+    if unknown:
+        hints = "".join(did_you_mean(k, known) for k in unknown[:1])
+        raise ConfigError(f"unknown key(s) {[f'{where}{k}' for k in unknown]}{hints}; allowed under "
+                          f"{where.rstrip('.') or 'the top level'}: {sorted(known)}")
+
+
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
     """Build a (nested) frozen dataclass, rejecting unknown keys and wrong types with the key's path."""
     if dataclasses.is_dataclass(data):
@@ -227,10 +242,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {[f'{where}{k}' for k in unknown]}; allowed under "
-                          f"{where.rstrip('.') or 'the top level'}: {sorted(fields)}")
+    check_known_keys(data, fields, where)
     kwargs = {name: _coerce(hints[name], value, f"{where}{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
@@ -346,7 +358,10 @@ def load_train_config(name_or_path: str, overrides: list[str] = (), **top_level:
     """The training config of a search space or config file, with --set overrides and CLI values applied."""
     path = resolve_config_path(name_or_path)
     doc = read_document(path)
-    train = doc.get("train", doc) if "train" in doc or "search" in doc else doc
+    is_space = "train" in doc or "search" in doc
+    if is_space:
+        check_known_keys(doc, ("search", "train"))
+    train = doc.get("train", doc) if is_space else doc
     if "search" in doc and "train" not in doc:
         raise ConfigError(f"{path} has a search section but no train section")
     train = apply_overrides(train, list(overrides))

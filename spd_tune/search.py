@@ -84,6 +84,13 @@ def make_searcher(space: Space, layout: Layout):
     class PruningOptunaSearch(OptunaSearch):
         """Intermediate values keyed by training images (stable across restores), and ASHA stops as PRUNED."""
 
+        def suggest(self, trial_id: str):
+            suggestion = super().suggest(trial_id)
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None:  # Tune, Optuna and MLflow records join on the Tune trial id
+                ot_trial.set_user_attr("spd_tune.trial_id", trial_id)
+            return suggestion
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if isinstance(self.metric, list):  # Optuna keeps no intermediate values for several objectives
                 return

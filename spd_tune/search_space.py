@@ -18,7 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ConfigError, TrainConfig, apply_overrides, from_dict, read_document, resolve_config_path
+from .config import (ConfigError, TrainConfig, apply_overrides, check_known_keys, from_dict, read_document,
+                     resolve_config_path)
 
 PARAM_TYPES = ("float", "int", "categorical")
 
@@ -178,12 +179,14 @@ def load_space(name_or_path: str, overrides: list[str] = (), output: str | None 
 
     path = resolve_config_path(name_or_path)
     doc = read_document(path)
-    unknown = sorted(set(doc) - {"train", "search"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: ['search', 'train']")
+    try:
+        check_known_keys(doc, ("search", "train"))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     if "search" not in doc:
         raise ConfigError(f"{path} has no search section")
     doc = apply_overrides(doc, list(overrides))
+    check_known_keys(doc, ("search", "train"))  # an override may name a new top-level key: a typo too
     train_doc = dict(doc.get("train") or {})
     if output is not None:
         train_doc["output"] = output

@@ -128,7 +128,23 @@ CASES = [
          "neither a config file nor a shipped search space"),
     Case("search: YAML syntax error", "search", lambda d: [str(d / "bad.yaml"), "--output", str(d / "out")],
          "cannot read", setup=lambda d: _write(d / "bad.yaml", "train: [unclosed\n")),
-    Case("search: unknown key", "search", _search("--set", "train.optim.lrr=1e-3"), "unknown key"),
+    Case("search: unknown key", "search", _search("--set", "train.optim.lrr=1e-3"), "did you mean 'lr'"),
+    Case("search: unknown top-level key in an override", "search", _search("--set", "serach.trials=3"),
+         "unknown key(s) ['serach'] (did you mean 'search'?)"),
+    Case("search: unknown top-level key in the space file", "search",
+         lambda d: [str(d / "space.yaml"), "--output", str(d / "out")], "did you mean 'search'",
+         setup=lambda d: _space_file(d, low=1.0, high=3.0) or _write(
+             d / "space.yaml", (d / "space.yaml").read_text() + "serach: {trials: 3}\n")),
+    Case("search: unknown section key", "search", _search("--set", "train.data.demo_cont=64"),
+         "did you mean 'demo_count'"),
+    Case("search: unknown key in model.overrides", "search", _search("--set", "train.model.overrides.dropuot=0.1"),
+         "model.overrides.dropuot"),
+    Case("search: unknown key in a parameter", "search", _search("--set", "search.params.m.hihg=3"),
+         "did you mean 'high'"),
+    Case("search: unknown key in the ASHA section", "search", _search("--set", "search.asha.grace=1"),
+         "did you mean 'grace_kimg'"),
+    Case("search: unknown key in the search section", "search", _search("--set", "search.trails=4"),
+         "did you mean 'trials'"),
     Case("search: wrong type", "search", _search("--set", "train.batch=many"), "must be an integer"),
     Case("search: empty range", "search", lambda d: [str(d / "space.yaml"), "--output", str(d / "out")],
          "empty or inverted", setup=lambda d: _space_file(d, low=2.0, high=2.0)),
@@ -184,6 +200,10 @@ CASES = [
     Case("train: batch not divisible by the workers", "train", _train("--workers", "3"), "must be divisible"),
     Case("train: unknown model preset", "train", _train("--set", "model.preset=huge"), "is not one of"),
     Case("train: --set without a value", "train", _train("--set", "optim.lr"), "must look like key=value"),
+    Case("train: unknown key", "train", _train("--set", "optim.warmup=1"), "did you mean 'warmup_kimg'"),
+    Case("train: unknown top-level key in a space file", "train", lambda d: [str(d / "space.yaml")],
+         "did you mean 'search'", setup=lambda d: _space_file(d, low=1.0, high=3.0) or _write(
+             d / "space.yaml", (d / "space.yaml").read_text() + "serach: {trials: 3}\n")),
     Case("train: resuming a run of another model", "train", _train("--name", "run"),
          "holds checkpoints of another model", setup=_checkpoint_of_another_model),
     # --- fid and sample CLIs
@@ -212,6 +232,10 @@ RAY_CASES = [
          "GPU 1 (cluster at most 0)"),
     Case("search: more concurrent trials than the cluster holds", "search", _search("--max-concurrent", "64"),
          "do not fit"),
+    Case("search: a custom resource the cluster does not have", "search",
+         _search("--set", "train.resources.custom={accelerator_type:A10G: 1}"), "which this cluster does not have"),
+    Case("train: a custom resource the cluster does not have", "train",
+         _train("--set", "resources.custom={trainer_slot: 1}"), "which this cluster does not have"),
 ]
 
 

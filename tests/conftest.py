@@ -24,6 +24,27 @@ def private_caches(tmp_path_factory):
     mp.undo()
 
 
+RAY_FIXTURES = {"ray_cluster", "private_ray_cluster"}
+
+
+@pytest.fixture(autouse=True)
+def leaves_the_ray_cluster_as_found(request):
+    """After a test that used the session's cluster: every CPU free again and no placement group held, within
+    a bounded wait for Ray's own clean-up; otherwise the test fails, by name, and the leftovers are removed."""
+    yield
+    if not RAY_FIXTURES & set(request.fixturenames):
+        return
+    import ray
+    from ray_cluster import remove_placement_groups, wait_until_clean
+
+    if not ray.is_initialized():
+        pytest.fail(f"{request.node.nodeid} left the session's Ray cluster disconnected")
+    found = wait_until_clean()
+    if found:
+        remove_placement_groups()
+        pytest.fail(f"{request.node.nodeid} left the Ray cluster holding: {'; '.join(found)}")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(private_caches):
     """One private Ray cluster for all Ray tests of the session (see tests/ray_cluster.py)."""

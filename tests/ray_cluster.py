@@ -105,3 +105,51 @@ class LocalRayCluster:
                 self.proc.wait(timeout=30)
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+# --- leaving the cluster as it was found -------------------------------------------------------------------
+
+HELD_PG_STATES = ("CREATED", "PENDING", "RESCHEDULING")
+
+
+def leftovers() -> list[str]:
+    """What the connected cluster still holds for finished work: CPUs not free, live placement groups."""
+    import ray
+
+    found = []
+    total, free = ray.cluster_resources().get("CPU", 0.0), ray.available_resources().get("CPU", 0.0)
+    if free + 1e-6 < total:
+        found.append(f"{total - free:g} of {total:g} CPUs held")
+    for pg_id, pg in ray.util.placement_group_table().items():
+        if pg["state"] in HELD_PG_STATES:
+            found.append(f"placement group {pg_id} ({pg['state']}, {pg['bundles']})")
+    return found
+
+
+def live_actors() -> list[str]:
+    """Live actors other than Ray's own detached helpers (State API, served by the dashboard)."""
+    from ray.util.state import list_actors
+
+    return [f"{a.class_name} (pid {a.pid})" for a in list_actors(filters=[("state", "=", "ALIVE")])
+            if a.ray_namespace != "_ray_internal" and not a.class_name.startswith("PlacementGroupCleaner")]
+
+
+def wait_until_clean(timeout: float = 30.0, poll: float = 0.5) -> list[str]:
+    """Give Ray's own clean-up (Train's placement-group cleaner, worker exit) a bounded time; what is left."""
+    deadline = time.time() + timeout
+    while True:
+        found = leftovers()
+        if not found or time.time() > deadline:
+            return found
+        time.sleep(poll)
+
+
+def remove_placement_groups() -> None:
+    """Free what a failed check found, so one leak does not fail every later test too."""
+    import ray
+    from ray.util.placement_group import PlacementGroup
+    from ray._raylet import PlacementGroupID
+
+    for pg_id, pg in ray.util.placement_group_table().items():
+        if pg["state"] in HELD_PG_STATES:
+            ray.util.remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))

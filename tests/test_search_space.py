@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from spd_tune.config import ConfigError
+from spd_tune.config import SPACES_DIR, ConfigError
 from spd_tune.search_space import load_space
 
 
@@ -53,7 +53,7 @@ def test_malformed_search_sections_fail_fast(tmp_path, search, message):
 def test_malformed_train_sections_and_files_fail_fast(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['train.optim.learning_rate'\]"):
         load_space(write_space(tmp_path, train={"optim": {"learning_rate": 1e-3}}))
-    with pytest.raises(ConfigError, match="unknown top-level key"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \[.extra.\]; allowed under the top level"):
         load_space(write_space(tmp_path, extra=1))
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed")
@@ -112,3 +112,38 @@ def test_a_new_search_never_writes_over_a_previous_one(tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path)]) == 2
     assert "already holds a search" in capsys.readouterr().err
     assert (tmp_path / "demo" / "optuna.db").read_bytes() == b"previous study"
+
+
+def test_every_depth_rejects_unknown_keys_with_a_suggestion(tmp_path):
+    from spd_tune.config import load_train_config
+
+    cases = {
+        "serach.trials=3": "unknown key(s) ['serach'] (did you mean 'search'?)",  # a new top-level key
+        "train.optim.lrr=1e-3": "did you mean 'lr'",
+        "train.model.overrides.dropuot=0.1": "['model.overrides.dropuot'] (did you mean 'dropout'?)",
+        "search.params.m.hihg=3": "['search.params.m.hihg'] (did you mean 'high'?)",
+        "search.asha.grace=1": "did you mean 'grace_kimg'",
+        "search.final.top=2": "did you mean 'top_k'",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError) as err:
+            load_space("demo", [override], output=str(tmp_path))
+        assert message in str(err.value), (override, str(err.value))
+    with pytest.raises(ConfigError, match=r"did you mean 'warmup_kimg'"):
+        load_train_config("demo", ["optim.warmup=1"])
+    space = tmp_path / "space.yaml"
+    space.write_text((SPACES_DIR / "demo.yaml").read_text() + "serach: {trials: 3}\n")
+    with pytest.raises(ConfigError, match=r"did you mean 'search'"):
+        load_train_config(str(space))  # the train CLI reads a space file too
+
+
+def test_custom_resources_are_checked_against_the_clusters_names():
+    from spd_tune.cluster import check_resource_names
+
+    have = {"CPU": 8.0, "GPU": 4.0, "memory": 1e9, "accelerator_type:A10G": 1.0, "node:127.0.0.1": 1.0}
+    check_resource_names({"CPU": 1, "GPU": 1, "accelerator_type:A10G": 1}, have)
+    with pytest.raises(ConfigError, match=r"'accelerator_type:A10', which this cluster does not have.*did you mean "
+                                          r"'accelerator_type:A10G'\?"):
+        check_resource_names({"CPU": 1, "accelerator_type:A10": 1}, have)
+    with pytest.raises(ConfigError, match=r"its custom resources: \['accelerator_type:A10G'\]"):
+        check_resource_names({"CPU": 1, "scratch": 1}, have)
