@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spd_tune.flops import peak_bf16_flops  # noqa: E402
+from spd_tune.core.flops import peak_bf16_flops  # noqa: E402
 from spd_tune.schedule import DDPMSchedule, SPDSchedule  # noqa: E402
 from spd_tune.unet import UNet, parameter_count  # noqa: E402
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .cli import Parser
+from .cli import Parser, run_main
+from .core.checkpoint import load_checkpoint
+from .core.samplers import SamplerConfig, sample
 from .data import to_uint8
-from .sampling import SamplerConfig, sample
 
 
 def sample_checkpoint(path: str | Path, n: int, *, sampler: SamplerConfig, first_seed: int = 0,
@@ -58,16 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
-    try:
-        if args.n < 1 or args.batch_size < 1:
-            raise ValueError("--n and --batch-size must be positive")
-        sampler = SamplerConfig(args.sampler, steps=args.steps, eta=args.eta)
-        images, seeds = sample_checkpoint(args.checkpoint, args.n, sampler=sampler, first_seed=args.seed,
-                                          batch_size=args.batch_size, device=args.device,
-                                          use_ema=not args.no_ema, bf16=args.bf16, progress=True)
-    except (CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_main(lambda: _write_samples(args), also=(ValueError,))
+
+
+def _write_samples(args) -> int:
+    if args.n < 1 or args.batch_size < 1:
+        raise ValueError("--n and --batch-size must be positive")
+    sampler = SamplerConfig(args.sampler, steps=args.steps, eta=args.eta)
+    images, seeds = sample_checkpoint(args.checkpoint, args.n, sampler=sampler, first_seed=args.seed,
+                                      batch_size=args.batch_size, device=args.device,
+                                      use_ema=not args.no_ema, bf16=args.bf16, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "sampler": args.sampler, "steps": args.steps,
             "eta": args.eta, "ema": not args.no_ema}

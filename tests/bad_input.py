@@ -47,7 +47,7 @@ def _write(path: Path, text: str) -> None:
 def _space_file(d: Path, **param) -> None:
     import yaml
 
-    from spd_tune.config import SPACES_DIR
+    from spd_tune.train.config import SPACES_DIR
 
     doc = yaml.safe_load((SPACES_DIR / "demo.yaml").read_text())
     doc["search"]["params"] = {"m": {"path": "process.m", "type": "float", **param}}
@@ -81,7 +81,7 @@ def _checkpoint_of_another_model(d: Path) -> None:
     import torch
 
     from spd_tune.checkpoint import Checkpoint, save_checkpoint
-    from spd_tune.config import load_train_config
+    from spd_tune.train.config import load_train_config
     from spd_tune.unet import UNet
 
     cfg = load_train_config("demo", ["model.preset=tiny"])
@@ -241,15 +241,15 @@ RAY_CASES = [
 
 def _entry_point(cli: str):
     if cli == "search":
-        from spd_tune.search import main
+        from spd_tune.search.__main__ import main
     elif cli == "train":
-        from spd_tune.train import main
+        from spd_tune.train.__main__ import main
     elif cli == "fid":
         from spd_tune.fid.__main__ import main
     elif cli == "sample":
         from spd_tune.sample import main
     else:
-        from spd_tune.cluster_config import main
+        from spd_tune.cluster.launcher import main
     return main
 
 

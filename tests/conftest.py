@@ -8,6 +8,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ray_cluster import TEST_ENV  # noqa: E402
 
+# Run only when asked for by name (pytest -m soak): too long for the default suite. Deselected here rather than
+# with addopts -m, which a user's own -m (e.g. "not slow") would replace.
+OPT_IN_MARKERS = ("soak",)
+
+
+def pytest_collection_modifyitems(config, items):
+    wanted = config.getoption("-m") or ""
+    keep, drop = [], []
+    for item in items:
+        opt_in = [m for m in OPT_IN_MARKERS if item.get_closest_marker(m)]
+        (drop if any(m not in wanted for m in opt_in) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 # Before anything imports ray: some of these are read once, at import (e.g. loopback-only node addresses).
 os.environ.update(TEST_ENV)
 

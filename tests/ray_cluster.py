@@ -147,8 +147,8 @@ def wait_until_clean(timeout: float = 30.0, poll: float = 0.5) -> list[str]:
 def remove_placement_groups() -> None:
     """Free what a failed check found, so one leak does not fail every later test too."""
     import ray
-    from ray.util.placement_group import PlacementGroup
     from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
 
     for pg_id, pg in ray.util.placement_group_table().items():
         if pg["state"] in HELD_PG_STATES:

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from spd_tune.cluster import Storage
-from spd_tune.cluster_config import PLACEHOLDER, load_cluster_config
-from spd_tune.cluster_config import main as check_main
-from spd_tune.config import ConfigError
+from spd_tune.cluster.launcher import PLACEHOLDER, load_cluster_config
+from spd_tune.cluster.launcher import main as check_main
+from spd_tune.errors import ConfigError
 
 CLUSTER_DIR = Path(__file__).resolve().parent.parent / "cluster"
 CONFIGS = sorted(CLUSTER_DIR.glob("*.yaml"))
@@ -119,7 +119,7 @@ def test_storage_resolution_order(monkeypatch, tmp_path):
 # --- on a running Ray: the autoscaler's limits ---------------------------------------------------------------
 
 def _space(tmp_path, *sets):
-    from spd_tune.search_space import load_space
+    from spd_tune.search.space import load_space
 
     return load_space("demo", [f"train.data.cache_dir={tmp_path / 'cache'}", *sets], output=str(tmp_path))
 
@@ -128,7 +128,7 @@ def _space(tmp_path, *sets):
 @pytest.mark.timeout(300)
 def test_resource_checks_use_the_autoscalers_limits(ray_cluster, tmp_path, monkeypatch):
     from spd_tune.cluster import capacity, check_storage, driver_resources
-    from spd_tune.search import concurrency
+    from spd_tune.search.plan import concurrency
 
     monkeypatch.setenv("SPD_TUNE_AUTOSCALER_CONFIG", str(tmp_path / "absent.yaml"))
     gpu_trial = _space(tmp_path, "train.resources.gpus_per_worker=1")
@@ -215,7 +215,7 @@ def test_search_runs_trials_on_several_nodes_and_survives_losing_one(tmp_path, m
         wait_for,
     )
 
-    from spd_tune.search import main
+    from spd_tune.search.__main__ import main
 
     with simulated_cluster(monkeypatch, head_resources={"train_driver": 2}) as cluster:
         workers = [add_trainer_node(cluster) for _ in range(2)]
@@ -251,7 +251,7 @@ def test_search_runs_trials_on_several_nodes_and_survives_losing_one(tmp_path, m
 def test_losing_the_trial_driver_node_resumes_the_trial(tmp_path, monkeypatch):
     from multinode import add_trainer_node, registered_checkpoints, simulated_cluster, trial_driver_nodes, wait_for
 
-    from spd_tune.search import main
+    from spd_tune.search.__main__ import main
 
     def add_driver_node():
         return cluster.add_node(num_cpus=0, resources={"train_driver": 1}, node_ip_address="127.0.0.1",

@@ -16,7 +16,7 @@ from spd_tune.data import (
     to_model_range,
     to_uint8,
 )
-from spd_tune.demo_data import cached_dead_leaves, dead_leaves
+from spd_tune.data.dead_leaves import cached_dead_leaves, dead_leaves
 from spd_tune.spectrum import fit_spectrum, power_spectrum
 
 CIFAR_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from spd_tune.data import to_uint8
 from spd_tune.fid import (
     FID_WEIGHTS_FILE,
     FeatureSpec,
@@ -20,10 +21,20 @@ from spd_tune.fid import (
     reference_stats,
     resolve_fid_weights,
     score,
-    score_samples,
     stats_key,
 )
 from spd_tune.fid.weights import sha256_of
+
+
+def score_samples(samples, features, ref) -> float:
+    """Samples (uint8 NHWC, or float NCHW in [-1, 1]) against reference statistics, as the evaluator scores them:
+    floats are quantised as the reference images are, and a non-finite sample scores inf at once."""
+    if not (isinstance(samples, np.ndarray) and samples.dtype == np.uint8):
+        samples = torch.as_tensor(samples)
+        if not bool(torch.isfinite(samples).all()):
+            return math.inf
+        samples = to_uint8(samples)
+    return score(features.stats(samples), ref)
 
 
 @pytest.fixture
@@ -202,7 +213,7 @@ def test_folder_path_equals_the_in_memory_path(proxy64, tmp_path):
 
 
 def test_scores_order_sensibly_and_nan_samples_are_inf(proxy64):
-    from spd_tune.demo_data import dead_leaves
+    from spd_tune.data.dead_leaves import dead_leaves
 
     ref = proxy64.stats(dead_leaves(64, 32, seed=1))
     similar = score_samples(dead_leaves(64, 32, seed=2), proxy64, ref)
@@ -240,7 +251,7 @@ def test_fid_cli_ref_and_score_offline(tmp_path, capsys):
     common = ["--proxy", "--dims", "64", "--n", "32", "--image-size", "16", "--cache-dir", str(tmp_path)]
     assert main(["ref", "demo", *common]) == 0
     assert "proxy_fd64 reference statistics of 32 demo images" in capsys.readouterr().out
-    from spd_tune.demo_data import dead_leaves
+    from spd_tune.data.dead_leaves import dead_leaves
 
     np.savez(tmp_path / "s.npz", images=dead_leaves(16, 16, seed=9))
     assert main(["score", str(tmp_path / "s.npz"), "--ref", "demo", *common]) == 0

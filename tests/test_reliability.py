@@ -104,9 +104,9 @@ TINY_TRAIN = ["data.demo_count=256", "batch=16", "optim.lr=2e-3", "optim.warmup_
 @pytest.mark.parametrize("error, message", [("ENOSPC", "No space left on device"), ("EROFS", "Read-only file system")])
 def test_a_full_disk_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path, error, message):
     from spd_tune.checkpoint import load_checkpoint
-    from spd_tune.config import load_train_config
-    from spd_tune.session import LocalSession
-    from spd_tune.train import run_worker
+    from spd_tune.train.config import load_train_config
+    from spd_tune.train.loop import run_worker
+    from spd_tune.train.session import LocalSession
 
     def config(*extra):
         return load_train_config("demo", [*TINY_TRAIN, f"data.cache_dir={tmp_path / 'cache'}", "total_kimg=0.48",
@@ -132,8 +132,8 @@ def test_a_full_disk_fails_a_ray_train_run_clearly(ray_cluster, tmp_path):
     import ray.train
 
     from spd_tune.checkpoint import load_checkpoint
-    from spd_tune.config import load_train_config
-    from spd_tune.launch import build_trainer
+    from spd_tune.train.config import load_train_config
+    from spd_tune.train.driver import build_trainer
 
     cfg = load_train_config("demo", [*TINY_TRAIN, f"data.cache_dir={tmp_path / 'cache'}", "total_kimg=0.48",
                                      "eval.every_kimg=0.16", "faults.checkpoint_write_error_at_kimg=0.32",
@@ -187,7 +187,7 @@ SECRET = "spd-tune-test-secret-7f3a"
 def test_a_diverging_trial_fails_and_the_search_goes_on(ray_cluster, tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
-    from spd_tune.search import main
+    from spd_tune.search.__main__ import main
 
     # secrets in the driver's environment must reach no MLflow param, tag or artifact
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
@@ -337,7 +337,7 @@ def test_servers_bind_loopback_in_the_cluster_configs():
 def test_a_local_ray_serves_its_dashboard_on_loopback_only(tmp_path):
     script = (
         "import os, socket\n"
-        "from spd_tune.launch import ensure_ray\n"
+        "from spd_tune.cluster import ensure_ray\n"
         "ensure_ray()\n"
         "import ray\n"
         "port = int(os.environ['RAY_API_SERVER_ADDRESS'].rsplit(':', 1)[1])\n"

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from spd_tune.checkpoint import load_checkpoint
-from spd_tune.search import main
+from spd_tune.search.__main__ import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

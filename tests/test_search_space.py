@@ -3,8 +3,9 @@
 import pytest
 import yaml
 
-from spd_tune.config import SPACES_DIR, ConfigError
-from spd_tune.search_space import load_space
+from spd_tune.errors import ConfigError
+from spd_tune.search.space import load_space
+from spd_tune.train.config import SPACES_DIR
 
 
 def write_space(tmp_path, search=None, train=None, **top):
@@ -66,7 +67,7 @@ def test_malformed_train_sections_and_files_fail_fast(tmp_path):
 
 
 def test_search_cli_dry_run_and_errors(tmp_path, capsys):
-    from spd_tune.search import main
+    from spd_tune.search.__main__ import main
 
     assert main(["demo", "--dry-run", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -96,7 +97,7 @@ def test_cifar10_search_needs_real_fid_weights_before_starting(tmp_path, capsys,
         raise OSError("network disabled in tests")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    from spd_tune.search import main
+    from spd_tune.search.__main__ import main
 
     assert main(["cifar10", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -105,7 +106,7 @@ def test_cifar10_search_needs_real_fid_weights_before_starting(tmp_path, capsys,
 
 
 def test_a_new_search_never_writes_over_a_previous_one(tmp_path, capsys):
-    from spd_tune.search import main
+    from spd_tune.search.__main__ import main
 
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "optuna.db").write_bytes(b"previous study")
@@ -115,7 +116,7 @@ def test_a_new_search_never_writes_over_a_previous_one(tmp_path, capsys):
 
 
 def test_every_depth_rejects_unknown_keys_with_a_suggestion(tmp_path):
-    from spd_tune.config import load_train_config
+    from spd_tune.train.config import load_train_config
 
     cases = {
         "serach.trials=3": "unknown key(s) ['serach'] (did you mean 'search'?)",  # a new top-level key

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from spd_tune.checkpoint import load_checkpoint
-from spd_tune.config import ConfigError, load_train_config
-from spd_tune.session import LocalSession
-from spd_tune.train import evaluation_steps, run_worker, total_steps
+from spd_tune.errors import ConfigError
+from spd_tune.train.config import load_train_config
+from spd_tune.train.loop import run_worker
+from spd_tune.train.session import LocalSession
 
 TINY = [
     "data.demo_count=256", "batch=16", "optim.lr=2e-3", "optim.warmup_kimg=0",
@@ -63,8 +64,8 @@ def test_accumulation_keeps_the_global_batch_and_kimg(tmp_path):
 
 def test_evaluation_points_include_rungs_and_the_end(tmp_path):
     cfg = tiny_config(tmp_path, "total_kimg=1", "eval.every_kimg=0.4", "eval.at_kimg=[0.1, 0.25]")
-    assert total_steps(cfg) == 63  # ceil(1000 / 16)
-    assert evaluation_steps(cfg) == [7, 16, 25, 50, 63]
+    assert cfg.total_steps() == 63  # ceil(1000 / 16)
+    assert cfg.evaluation_steps() == [7, 16, 25, 50, 63]
 
 
 def test_config_errors_name_key_value_and_choices(tmp_path):
@@ -88,13 +89,14 @@ def test_paths_become_absolute_and_the_config_round_trips(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     cfg = load_train_config("demo", ["data.cache_dir=rel/cache"], output="rel/runs")
     assert cfg.output == str(tmp_path / "rel" / "runs") and cfg.data.cache_dir == str(tmp_path / "rel" / "cache")
-    from spd_tune.config import TrainConfig, from_dict
+    from spd_tune.train.config import TrainConfig
+    from spd_tune.typed import from_dict
 
     assert from_dict(TrainConfig, json.loads(cfg.to_json())) == cfg
 
 
 def test_train_cli_dry_run_prints_config_and_plan(tmp_path, capsys):
-    from spd_tune.train import main
+    from spd_tune.train.__main__ import main
 
     assert main(["demo", "--dry-run", "--workers", "2", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out

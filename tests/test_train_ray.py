@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from spd_tune.config import load_train_config
-from spd_tune.launch import build_trainer
-from spd_tune.train import evaluation_steps, kimg_at
+from spd_tune.train.config import load_train_config
+from spd_tune.train.driver import build_trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -35,15 +34,26 @@ def one_and_two_workers(ray_cluster, tmp_path_factory):
     results = {}
     for workers in (1, 2):
         cfg = config(tmp, f"w{workers}", "total_kimg=0.48", "eval.every_kimg=0.16", f"resources.workers={workers}")
-        results[workers] = (cfg, build_trainer(cfg, "proxy_fd64").fit())
+        results[workers] = (cfg, _fit_in_a_thread(build_trainer(cfg, "proxy_fd64")))
     return results
+
+
+def _fit_in_a_thread(trainer, timeout: float = 360):
+    """fit() off the main thread: there Train would install a SIGINT handler that keeps a failed run's
+    controller (and its workers' CPUs) alive for the rest of the session."""
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("result", trainer.fit()), daemon=True)
+    thread.start()
+    thread.join(timeout=timeout)
+    assert "result" in out, "the run did not finish"
+    return out["result"]
 
 
 def test_ddp_run_learns_and_reports_an_exact_sample_count(one_and_two_workers):
     cfg, result = one_and_two_workers[2]
     assert result.error is None
     df = history(result)
-    assert list(df["step"]) == evaluation_steps(cfg)
+    assert list(df["step"]) == cfg.evaluation_steps()
     assert df["loss"].iloc[-1] < df["loss"].iloc[0]
     assert all(math.isfinite(v) for v in df["proxy_fd64"]) and set(df["eval_samples"]) == {10}
     assert result.checkpoint is not None and (result.checkpoint.path.rstrip("/").endswith("step_000000030"))
@@ -54,7 +64,7 @@ def test_same_global_batch_and_kimg_on_one_and_two_workers(one_and_two_workers):
     (cfg1, r1), (cfg2, r2) = one_and_two_workers[1], one_and_two_workers[2]
     assert cfg1.per_worker_batch == 16 and cfg2.per_worker_batch == 8
     k1, k2 = list(history(r1)["kimg"]), list(history(r2)["kimg"])
-    assert k1 == k2 == [kimg_at(s, cfg1) for s in evaluation_steps(cfg1)] == pytest.approx([0.16, 0.32, 0.48])
+    assert k1 == k2 == [cfg1.kimg_at(s) for s in cfg1.evaluation_steps()] == pytest.approx([0.16, 0.32, 0.48])
 
 
 def _train_workers():

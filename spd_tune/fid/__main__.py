@@ -8,17 +8,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..cli import Parser
-from ..data import DATASETS, DataConfig, DataError, load_images
+from ..cli import Parser, run_main
+from ..data import DATASETS, DataConfig, load_images
+from ..errors import DataError
 from .inception import FeatureSpec, InceptionFeatures
 from .reference import reference_stats, score
-from .weights import WeightsError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,7 +76,8 @@ def _load_samples(path: Path) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         if args.command == "ref":
             features, stats, path = _reference(args, args.dataset, None)
             print(f"{features.metric_name} reference statistics of {stats.n} {args.dataset} images: {path}")
@@ -86,10 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             features, ref, _ = _reference(args, args.ref, samples.shape[1])
             value = score(features.stats(samples), ref)
             print(f"{features.metric_name} = {value:.4f}  ({len(samples)} samples vs {ref.n} {args.ref} images)")
-    except (DataError, WeightsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_main(run, also=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Inputs are uint8 images (NHWC), turned into [0, 1] floats; the network resizes to 299x299 bilinearly and
 maps to [-1, 1] itself. The pool3 block (2048-d) with the real weights is FID; any other block or the
-seeded random-weight network is a Fréchet distance under another name (see ``FeatureSpec.metric_name``).
+seeded random-weight network is a Fréchet distance under another name (see ``metric_name``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,14 @@ from .stats import RunningStats
 from .weights import FID_SHA256_PREFIX, ResolvedWeights, load_state_dict, resolve_fid_weights
 
 BLOCK_BY_DIMS = {64: 0, 192: 1, 768: 2, 2048: 3}
+
+
+def metric_name(dims: int, real_fid_weights: bool) -> str:
+    """The one naming rule: 'fid' only for pool3 (2048-d) features of pytorch-fid's real weights; every other
+    setting names itself, so a proxy score can never be read as FID."""
+    if real_fid_weights:
+        return "fid" if dims == 2048 else f"fd_inception{dims}"
+    return f"proxy_fd{dims}"
 
 
 @dataclass(frozen=True)
@@ -102,10 +110,7 @@ class InceptionFeatures:
 
     @property
     def metric_name(self) -> str:
-        """'fid' only for pool3 features of the real weights; every other setting names itself."""
-        if self.resolved is not None and self.resolved.is_fid:
-            return "fid" if self.spec.dims == 2048 else f"fd_inception{self.spec.dims}"
-        return f"proxy_fd{self.spec.dims}"
+        return metric_name(self.spec.dims, self.resolved is not None and self.resolved.is_fid)
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -11,12 +11,11 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from ..fsutil import atomic_write
 from .inception import InceptionFeatures
 from .stats import RunningStats, frechet_distance
 
@@ -50,24 +49,10 @@ def reference_stats(images: np.ndarray, features: InceptionFeatures, cache_dir: 
             if str(f["key"]) == key:
                 return RunningStats(int(f["dims"]), int(f["n"]), f["mu"], f["scatter"]), path
     stats = features.stats(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:  # mu / sigma as pytorch-fid's own stats files
-            np.savez(f, mu=stats.mean, sigma=stats.covariance, scatter=stats.scatter, n=stats.n,
-                     dims=stats.dims, key=key, metric=features.metric_name)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_write(path) as f:  # mu / sigma as pytorch-fid's own stats files
+        np.savez(f, mu=stats.mean, sigma=stats.covariance, scatter=stats.scatter, n=stats.n,
+                 dims=stats.dims, key=key, metric=features.metric_name)
     return stats, path
-
-
-def samples_are_finite(samples: np.ndarray | torch.Tensor) -> bool:
-    return bool(torch.isfinite(torch.as_tensor(samples)).all()) if not _is_uint8(samples) else True
-
-
-def _is_uint8(x) -> bool:
-    return (isinstance(x, np.ndarray) and x.dtype == np.uint8) or (isinstance(x, torch.Tensor) and x.dtype == torch.uint8)
 
 
 def score(sample_stats: RunningStats, ref_stats: RunningStats) -> float:
@@ -75,18 +60,3 @@ def score(sample_stats: RunningStats, ref_stats: RunningStats) -> float:
     if sample_stats.n < 2 or ref_stats.n < 2:
         return math.inf
     return frechet_distance(sample_stats.mean, sample_stats.covariance, ref_stats.mean, ref_stats.covariance)
-
-
-def score_samples(samples: np.ndarray | torch.Tensor, features: InceptionFeatures, ref: RunningStats) -> float:
-    """Score samples (uint8 NHWC, or float NCHW in [-1, 1] from a sampler) against reference statistics.
-
-    Float samples are quantised exactly as the reference images are (round, clip); a non-finite sample
-    (a diverged model) scores inf at once instead of reaching the linear algebra.
-    """
-    if not _is_uint8(samples):
-        if not samples_are_finite(samples):
-            return math.inf
-        from ..data import to_uint8
-
-        samples = to_uint8(torch.as_tensor(samples))
-    return score(features.stats(samples), ref)

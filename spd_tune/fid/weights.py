@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ..errors import WeightsError
+from ..fsutil import atomic_path
 
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
@@ -20,10 +22,6 @@ FID_WEIGHTS_URL = (
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_SHA256_PREFIX = "6726825d"
 WEIGHTS_ENV = "SPD_TUNE_FID_WEIGHTS"
-
-
-class WeightsError(RuntimeError):
-    """The FID Inception weights are missing, unreadable or not the expected file."""
 
 
 @dataclass(frozen=True)
@@ -80,18 +78,13 @@ def resolve_fid_weights(path: str | Path | None = None, *, download: bool = True
     if not download:
         raise WeightsError(f"FID Inception weights {FID_WEIGHTS_FILE} not found and downloading is off; "
                            f"{_where_to_put_it()}")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".partial")
-    os.close(fd)
     try:
-        torch.hub.download_url_to_file(FID_WEIGHTS_URL, tmp, hash_prefix=None, progress=True)
-        resolved = _checked(Path(tmp), "download", sha256_prefix)
-        os.replace(tmp, cached)
+        with atomic_path(cached) as tmp:
+            torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(tmp), hash_prefix=None, progress=True)
+            resolved = _checked(tmp, "download", sha256_prefix)
     except WeightsError:
-        Path(tmp).unlink(missing_ok=True)
         raise
     except Exception as err:  # no network, DNS failure, HTTP error, ...
-        Path(tmp).unlink(missing_ok=True)
         raise WeightsError(f"could not download the FID Inception weights ({type(err).__name__}: {err}); "
                            f"{_where_to_put_it()}") from None
     return ResolvedWeights(cached.resolve(), resolved.sha256, "download")

@@ -8,21 +8,17 @@ names the layout expected.
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 DATASETS = ("cifar10", "imagenet64", "folder", "demo")
-
-
-class DataError(ValueError):
-    """A data folder is missing, empty or not in the expected format."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ def load_images(cfg: DataConfig) -> np.ndarray:
     elif cfg.name == "folder":
         images = load_image_folder(cfg.root, cfg.image_size)
     else:
-        from .demo_data import cached_dead_leaves
+        from .dead_leaves import cached_dead_leaves
 
         count = min(cfg.demo_count, cfg.limit or cfg.demo_count)
         images = cached_dead_leaves(count, cfg.image_size, seed=cfg.seed, cache_dir=cfg.cache_dir)
@@ -254,9 +250,6 @@ class ShardedBatches:
         if self.flip:
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         return x
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return (self.batch(step) for step in itertools.count())
 
 
 def check_available(cfg: DataConfig) -> None:

@@ -1,6 +1,6 @@
 """Where a training worker runs: under Ray Train (``RaySession``) or in-process (``LocalSession``).
 
-The loop in train.py talks only to this interface (rank, device, the latest checkpoint, collectives,
+The loop (train/loop.py) talks only to this interface (rank, device, the latest checkpoint, collectives,
 reporting), so the same loop is unit-tested in-process and runs distributed under Ray Train.
 """
 
@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, WriteFault, save_checkpoint
+from ..core.checkpoint import Checkpoint, WriteFault, save_checkpoint
 
 CHECKPOINT_FILE = "checkpoint.pt"
 GRID_FILE = "samples.png"

@@ -14,12 +14,15 @@ Every error names the key, the value and what is allowed, and is raised before R
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import (ConfigError, TrainConfig, apply_overrides, check_known_keys, from_dict, read_document,
-                     resolve_config_path)
+from ..errors import ConfigError
+from ..train.config import TrainConfig, absolute_paths, resolve_config_path
+from ..train.evaluation import expected_metric_name
+from ..typed import apply_overrides, check_known_keys, from_dict, read_document
 
 PARAM_TYPES = ("float", "int", "categorical")
 
@@ -129,7 +132,6 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class Space:
-    name: str
     train: TrainConfig
     search: SearchConfig
     metric: str  # the evaluation metric's name (fid, or the proxy's)
@@ -162,21 +164,13 @@ class Space:
 
     def trial_config(self, params: dict) -> TrainConfig:
         """The training config of one trial: the fixed config with the sampled values set."""
-        overrides = [f"{self.search.params[name].path}={_yaml(value)}" for name, value in params.items()]
+        overrides = [f"{self.search.params[name].path}={json.dumps(value)}" for name, value in params.items()]
         doc = apply_overrides(self.train.to_dict(), overrides)
         return from_dict(TrainConfig, doc)
 
 
-def _yaml(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
-
-
 def load_space(name_or_path: str, overrides: list[str] = (), output: str | None = None) -> Space:
     """Parse and validate a whole space file; nothing starts before this passes."""
-    from .config import absolute_paths
-
     path = resolve_config_path(name_or_path)
     doc = read_document(path)
     try:
@@ -202,7 +196,7 @@ def load_space(name_or_path: str, overrides: list[str] = (), output: str | None 
         p.validate(name)
         params[name] = p
     search = from_dict(SearchConfig, {**search_doc, "params": params}, "search.")
-    space = Space(path.stem, train, search, metric="")
+    space = Space(train, search, metric="")
     for name, spec in params.items():  # each path must exist and every value in range must give a valid config
         try:
             value = space.value_at(spec.path)
@@ -218,8 +212,6 @@ def load_space(name_or_path: str, overrides: list[str] = (), output: str | None 
                               f"outside the searched range; widen the range or set search.enqueue_defaults: false")
     if search.asha.max_kimg is not None and search.asha.max_kimg > train.total_kimg:
         raise ConfigError(f"search.asha.max_kimg={search.asha.max_kimg} exceeds train.total_kimg={train.total_kimg}")
-    from .evaluation import expected_metric_name
-
     train = dataclasses.replace(train, total_kimg=space.max_kimg,
                                 eval=dataclasses.replace(train.eval, at_kimg=tuple(space.rungs())))
     return dataclasses.replace(space, train=train, metric=expected_metric_name(train))

@@ -17,29 +17,34 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from ..train.config import nimg, stopped_early
+
 log = logging.getLogger("spd_tune.tracking")
 
 # bounded client timeouts (seconds) and retries: a dead server must not stall the search
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+CLIENT_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 PAUSE_AFTER_FAILURE_S = 60.0  # after a failed call, skip MLflow for this long instead of waiting on it per result
 
 SKIP_METRICS = {"step", "start_step", "done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
                 "pid", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name"}
 
 
-def tracking_uri_for(output: Path) -> str:
-    return f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
+def client_for(tracking_uri: str):
+    """An MLflow client with bounded timeouts and retries (a user's own MLFLOW_HTTP_* settings win): every MLflow
+    call of a search goes through one of these."""
+    from mlflow.tracking import MlflowClient
+
+    for key, value in CLIENT_LIMITS.items():
+        os.environ.setdefault(key, value)
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
 class MLflowTracker:
     """The parent/child run bookkeeping, reused across a driver restart through tags."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path, search_tags: dict):
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = client_for(tracking_uri)
         self.tracking_uri = tracking_uri
         found = self.client.get_experiment_by_name(experiment)
         # a tracking server stores artifacts where it was told to (--artifacts-destination); a local store here
@@ -75,7 +80,7 @@ class MLflowTracker:
     def log_result(self, run_id: str, result: dict) -> None:
         from mlflow.entities import Metric
 
-        step = int(round(float(result.get("kimg", 0)) * 1000))  # training images: the kimg axis, as an integer
+        step = nimg(result.get("kimg", 0))  # training images: the kimg axis, as an integer
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in result.items()
                    if k not in SKIP_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -141,7 +146,7 @@ class MLflowCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._child(trial)
         kimg = float((trial.last_result or {}).get("kimg", 0))
-        stopped = kimg < self.max_kimg - 1e-9
+        stopped = stopped_early(kimg, self.max_kimg)
         if run_id and (trial.last_result or {}).get("diverged"):
             self._guard("trial end", self.tracker.finish, run_id, "FAILED",
                         {"spd_tune.diverged": "true", "spd_tune.kimg": f"{kimg:g}"})
@@ -160,9 +165,7 @@ def finish_search(tracking_uri: str, experiment: str, summary: str, champion: di
                   front: list | None = None) -> None:
     """The parent run gets the study summary, the champion and Optuna's plots (matplotlib PNGs), then ends."""
     try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri)
+        client = client_for(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
         runs = client.search_runs([exp.experiment_id], filter_string="tags.`spd_tune.role` = 'search'", max_results=1)
         if not runs:
@@ -223,9 +226,7 @@ def _optuna_plots(optuna_url: str, study_name: str, folder: Path) -> list[Path]:
 def close_orphan_runs(tracking_uri: str, experiment: str, known_trial_ids: set) -> int:
     """Trial runs still RUNNING that the finished search does not hold were opened by a killed driver."""
     try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri)
+        client = client_for(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return 0
@@ -244,9 +245,7 @@ def close_orphan_runs(tracking_uri: str, experiment: str, known_trial_ids: set) 
 def log_final_scores(tracking_uri: str, experiment: str, name: str, finalists: list[dict]) -> None:
     """The final protocol's score on each finalist's run."""
     try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri)
+        client = client_for(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
         for finalist in finalists:
             runs = client.search_runs([exp.experiment_id], max_results=1,

@@ -14,13 +14,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..core.samplers import SamplerConfig, sample
+from ..core.schedule import DiffusionSchedule
+from ..data import load_images, to_uint8
+from ..fid import InceptionFeatures, RunningStats, metric_name, reference_stats, resolve_fid_weights, score
+from ..fid.stats import merge_all
 from .config import TrainConfig
-from .data import load_images, to_uint8
-from .fid import FeatureSpec, InceptionFeatures, RunningStats, reference_stats
-from .fid.reference import default_cache_dir
-from .fid.stats import merge_all
-from .sampling import SamplerConfig, sample
-from .schedule import DiffusionSchedule
 
 SAMPLE_BATCH = 256
 
@@ -28,21 +27,16 @@ SAMPLE_BATCH = 256
 def expected_metric_name(cfg: TrainConfig) -> str:
     """The metric's name from the config alone (no file is read): what the space promises to optimise."""
     f = cfg.eval.features
-    if f.weights == "random":
-        return f"proxy_fd{f.dims}"
-    return "fid" if f.dims == 2048 else f"fd_inception{f.dims}"
+    return metric_name(f.dims, f.weights == "pytorch-fid")
 
 
-def metric_name(cfg: TrainConfig) -> str:
+def resolved_metric_name(cfg: TrainConfig) -> str:
     """The metric's name after finding and checking the FID weights (downloading them if allowed): absent or
     wrong weights fail here, on the driver, before any worker starts."""
     f = cfg.eval.features
     if f.weights == "random":
         return expected_metric_name(cfg)
-    from .fid import resolve_fid_weights
-
-    resolved = resolve_fid_weights(f.weights_path)
-    return expected_metric_name(cfg) if resolved.is_fid else f"proxy_fd{f.dims}"
+    return metric_name(f.dims, resolve_fid_weights(f.weights_path).is_fid)
 
 
 def _gather(obj, world_size: int) -> list:
@@ -56,17 +50,14 @@ def _gather(obj, world_size: int) -> list:
 class Evaluator:
     def __init__(self, cfg: TrainConfig, device: torch.device, rank: int, world_size: int):
         self.cfg, self.device, self.rank, self.world = cfg, device, rank, world_size
-        f = cfg.eval.features
-        self.features = InceptionFeatures(FeatureSpec(dims=f.dims, weights=f.weights, weights_path=f.weights_path),
-                                          device=device)
+        self.features = InceptionFeatures(cfg.eval.features, device=device)
         self.metric = self.features.metric_name
         self.sampler = SamplerConfig(cfg.eval.sampler, steps=cfg.eval.sampler_steps, eta=cfg.eval.eta)
         self.reference: RunningStats | None = None
         if rank == 0:  # cached on disk by content hash: computed once per (data, count, weights)
             ref_data = dataclasses.replace(cfg.data, split=cfg.eval.ref_split, limit=cfg.eval.ref_count,
                                            seed=cfg.eval.ref_seed)
-            cache = default_cache_dir() if cfg.data.cache_dir is None else f"{cfg.data.cache_dir}/fid_stats"
-            self.reference, _ = reference_stats(load_images(ref_data), self.features, cache)
+            self.reference, _ = reference_stats(load_images(ref_data), self.features, cfg.eval.stats_cache_dir)
 
     def nfe(self, schedule: DiffusionSchedule) -> int:
         """Network evaluations per sample under the evaluation protocol (its K, or T when K is unset or > T)."""
@@ -97,6 +88,4 @@ class Evaluator:
         if not all(ok for _, ok, _ in parts):
             return math.inf, 0, grid_array
         merged = merge_all([RunningStats.from_state(state) for state, _, _ in parts])
-        from .fid import score
-
         return score(merged, self.reference), merged.n, grid_array

@@ -1,54 +1,28 @@
-"""The Ray cluster a run lands on: what it can ever hold, where results are stored, where trial drivers go.
+"""The Ray cluster a run lands on: what it can ever hold and where trial drivers go.
 
 On a launcher cluster (``ray up cluster/gpu.yaml``) GPU workers exist only once the autoscaler starts them,
 so resource checks compare against the autoscaler's limits (max workers x node resources), not only against
-the nodes that are up now. Results and checkpoints must then live where every node can write: a bucket URI or
-a shared file system the user declares shared; a local path there would fail at a trial's first checkpoint.
+the nodes that are up now.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError
+from ..errors import ConfigError
 
-STORAGE_ENV = "SPD_TUNE_STORAGE"  # cluster/gpu.yaml sets it on the head: the one place storage is configured
-SHARED_ENV = "SPD_TUNE_STORAGE_SHARED"
 AUTOSCALER_CONFIG_ENV = "SPD_TUNE_AUTOSCALER_CONFIG"
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # written by `ray up` on the head
 DRIVER_RESOURCE = "train_driver"
 BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
 
-@dataclass(frozen=True)
-class Storage:
-    """Where Ray Tune and Ray Train write results and checkpoints."""
-
-    path: str
-    shared: bool = False  # a local path every node mounts at the same place (NFS, EFS, Filestore)
-
-    @property
-    def is_uri(self) -> bool:
-        return "://" in self.path and not self.path.startswith("file://")
-
-    @classmethod
-    def resolve(cls, path: str | None, shared: bool | None, default: str) -> "Storage":
-        """The flag, else SPD_TUNE_STORAGE / SPD_TUNE_STORAGE_SHARED, else ``default`` (local)."""
-        path = path or os.environ.get(STORAGE_ENV) or default
-        if shared is None:
-            shared = os.environ.get(SHARED_ENV, "").lower() in ("1", "true", "yes")
-        if "://" not in path:
-            path = str(Path(path).expanduser().resolve())
-        return cls(path, shared)
-
-
 def _bootstrap_max_resources() -> tuple[dict[str, float], int] | None:
     """The autoscaler's limits from the launcher's config on the head, if this is a launcher cluster."""
     import yaml
 
-    from .cluster_config import NodeType, max_resources
+    from .launcher import NodeType, max_resources
 
     path = Path(os.environ.get(AUTOSCALER_CONFIG_ENV, BOOTSTRAP_CONFIG)).expanduser()
     if not path.is_file():
@@ -96,16 +70,6 @@ def spans_nodes() -> bool:
     alive = sum(1 for node in ray.nodes() if node.get("Alive"))
     limits = autoscaler_limits()
     return alive > 1 or (limits is not None and limits[1] > 0)
-
-
-def check_storage(storage: Storage) -> None:
-    """A local storage path on a multi-node cluster fails only at a trial's first checkpoint: fail now."""
-    if storage.is_uri or storage.shared or not spans_nodes():
-        return
-    raise ConfigError(
-        f"storage {storage.path} is a local path, but this Ray cluster spans several nodes: give a bucket URI "
-        f"(--storage-path s3://bucket/prefix or gs://...; or {STORAGE_ENV}), or, for a file system mounted at "
-        f"the same path on every node (NFS, EFS), declare it with --shared-storage ({SHARED_ENV}=1)")
 
 
 def driver_resources() -> dict[str, float]:

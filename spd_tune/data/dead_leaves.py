@@ -7,11 +7,11 @@ time: nothing is downloaded and no image files ship with the project. docs/data.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..fsutil import atomic_write
 
 CHUNK = 256  # images rendered together (bounds memory at 64 px)
 VERSION = 1  # bump when the generator changes, so cached copies are not reused
@@ -70,9 +70,6 @@ def cached_dead_leaves(count: int, size: int, *, seed: int = 0, cache_dir: str |
         with np.load(path) as f:
             return f["images"]
     images = dead_leaves(count, size, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(path) as f:
         np.savez(f, images=images)
-    os.replace(tmp, path)
     return images

@@ -1,34 +1,30 @@
 """One typed, frozen configuration per training run, loaded from YAML/JSON and validated once.
 
 A config file is either a search space (its ``train:`` section is the fixed training config) or a plain
-training config. ``--set a.b=value`` overrides any field; values are parsed as YAML. Unknown keys and
-wrong types are errors that name the key, the value and what is allowed. Paths become absolute here:
-Ray Train workers change directory.
+training config. ``--set a.b=value`` overrides any field (spd_tune.typed). Paths become absolute here, and the
+data root, caches and FID weights are resolved here, once, on the driver: Ray Train workers change directory
+and never read the environment again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import types
-import typing
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .data import DataConfig
-from .schedule import ProcessConfig
-from .unet import PRESETS, UNetConfig
+from ..core.schedule import ProcessConfig
+from ..core.unet import UNetConfig, preset_config
+from ..data import DataConfig
+from ..errors import ConfigError
+from ..fid import FeatureSpec
+from ..typed import apply_overrides, check_known_keys, from_dict, read_document
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-
-
+SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
 MAX_BATCH = 65536
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid."""
+SamplerKind = Literal["ancestral", "ddim"]
 
 
 @dataclass(frozen=True)
@@ -37,13 +33,15 @@ class ModelConfig:
     overrides: dict = field(default_factory=dict)  # any UNetConfig field
 
     def __post_init__(self) -> None:
+        from ..core.unet import PRESETS
+
         if self.preset not in PRESETS:
             raise ConfigError(f"model.preset={self.preset!r} is not one of {sorted(PRESETS)}")
 
     def unet(self, image_size: int) -> UNetConfig:
         check_known_keys(self.overrides, {f.name for f in dataclasses.fields(UNetConfig)}, "model.overrides.")
         try:
-            return dataclasses.replace(PRESETS[self.preset], **{"image_size": image_size, **self.overrides})
+            return preset_config(self.preset, **{"image_size": image_size, **self.overrides})
         except (TypeError, ValueError) as err:
             raise ConfigError(f"model: {err}") from None
 
@@ -79,33 +77,21 @@ class EMAConfig:
 
 
 @dataclass(frozen=True)
-class FeaturesConfig:
-    dims: int = 2048
-    weights: str = "pytorch-fid"  # or "random": the offline proxy
-    weights_path: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.dims not in (64, 192, 768, 2048):
-            raise ConfigError(f"eval.features.dims={self.dims} must be one of 64, 192, 768, 2048")
-        if self.weights not in ("pytorch-fid", "random"):
-            raise ConfigError(f"eval.features.weights={self.weights!r} must be 'pytorch-fid' or 'random'")
-
-
-@dataclass(frozen=True)
 class EvalConfig:
     """The evaluation protocol: N samples with a fixed respaced sampler and seeds, against N_ref references."""
 
     every_kimg: float = 50.0
     at_kimg: tuple[float, ...] = ()  # extra evaluation points (the search puts its ASHA rungs here)
     samples: int = 1024
-    sampler: str = "ancestral"
+    sampler: SamplerKind = "ancestral"
     sampler_steps: int | None = 100
     eta: float = 0.0
     seed: int = 1_000_000  # sample i uses seed + i
     ref_split: str = "train"
     ref_count: int | None = None  # default: the whole split
     ref_seed: int = 1  # demo data only: disjoint from training (seed 0)
-    features: FeaturesConfig = FeaturesConfig()
+    features: FeatureSpec = FeatureSpec()
+    stats_cache_dir: str | None = None  # reference statistics (default: <data.cache_dir>/fid_stats or SPD_TUNE_CACHE)
     grid: int = 64  # images in the sample grid PNG
 
     def __post_init__(self) -> None:
@@ -113,8 +99,6 @@ class EvalConfig:
             raise ConfigError("eval.every_kimg and eval.at_kimg must be > 0")
         if self.samples < 2:
             raise ConfigError(f"eval.samples={self.samples} must be >= 2 (a covariance needs two)")
-        if self.sampler not in ("ancestral", "ddim"):
-            raise ConfigError(f"eval.sampler={self.sampler!r} must be 'ancestral' or 'ddim'")
 
 
 @dataclass(frozen=True)
@@ -136,7 +120,7 @@ class ResourcesConfig:
                                   "CPU/GPU/memory and an amount > 0")
 
     def per_worker(self) -> dict[str, float]:
-        from .cluster import worker_resources
+        from ..cluster import worker_resources
 
         return worker_resources(self.cpus_per_worker, self.gpus_per_worker, self.custom)
 
@@ -150,11 +134,9 @@ class FaultsConfig:
 
     nan_loss_at_kimg: float | None = None  # the loss turns NaN from here on: a diverging run
     checkpoint_write_error_at_kimg: float | None = None  # from here on the checkpoint writer fails ...
-    checkpoint_write_error: str = "ENOSPC"  # ... with a full disk part-way (ENOSPC) or a read-only folder (EROFS)
+    checkpoint_write_error: Literal["ENOSPC", "EROFS"] = "ENOSPC"  # ... a full disk part-way, or a read-only folder
 
     def __post_init__(self) -> None:
-        if self.checkpoint_write_error not in ("ENOSPC", "EROFS"):
-            raise ConfigError(f"faults.checkpoint_write_error={self.checkpoint_write_error!r} must be ENOSPC or EROFS")
         for name in ("nan_loss_at_kimg", "checkpoint_write_error_at_kimg"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -175,7 +157,7 @@ class TrainConfig:
     accumulation: int = 1
     total_kimg: float = 1000.0
     seed: int = 0
-    precision: str = "auto"  # auto: bf16 autocast on GPUs, fp32 on CPUs; or "fp32" / "bf16"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs, fp32 on CPUs; or "fp32" / "bf16"
     channels_last: bool | None = None  # default: on for GPUs
     compile: bool = False
     keep_checkpoints: int = 3  # best by the metric, plus always the latest
@@ -194,8 +176,6 @@ class TrainConfig:
             raise ConfigError(f"batch={self.batch} must be divisible by workers x accumulation = {per_step}")
         if self.total_kimg <= 0:
             raise ConfigError(f"total_kimg={self.total_kimg} must be > 0")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"precision={self.precision!r} must be 'auto', 'fp32' or 'bf16'")
         if self.keep_checkpoints < 1:
             raise ConfigError("keep_checkpoints must be >= 1")
         self.unet  # validates the model against the image size
@@ -208,6 +188,24 @@ class TrainConfig:
     def per_worker_batch(self) -> int:
         return self.batch // (self.resources.workers * self.accumulation)
 
+    # progress is counted in images (kimg), so a run means the same on any number of workers
+    def total_steps(self) -> int:
+        return math.ceil(self.total_kimg * 1000 / self.batch - 1e-9)
+
+    def kimg_at(self, step: int) -> float:
+        return step * self.batch / 1000
+
+    def evaluation_steps(self) -> list[int]:
+        """The steps after which the run evaluates, checkpoints and reports: every M kimg, the extra points
+        (ASHA rungs) and the end. A point between two steps goes to the first step that reaches it."""
+        total = self.total_steps()
+        points = {self.total_kimg, *self.eval.at_kimg}
+        k = self.eval.every_kimg
+        while k < self.total_kimg - 1e-9:
+            points.add(k)
+            k += self.eval.every_kimg
+        return sorted({min(total, math.ceil(p * 1000 / self.batch - 1e-9)) for p in points if p <= self.total_kimg})
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -215,95 +213,17 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-# --- building dataclasses from plain dicts ---------------------------------------------------------
-
-def did_you_mean(key: str, known) -> str:
-    names = [str(k) for k in known]
-    # a prefix (``grace`` for ``grace_kimg``) or a close spelling; 0.65 keeps ``extra`` from suggesting ``train``
-    close = [n for n in names if n.startswith(str(key))] or difflib.get_close_matches(str(key), names, n=1,
-                                                                                      cutoff=0.65)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def nimg(kimg: float) -> int:
+    """Training images seen (EDM's nimg): the integer step of MLflow curves and Optuna's intermediate values."""
+    return int(round(float(kimg) * 1000))
 
 
-def check_known_keys(data: dict, known, where: str = "") -> None:
-    """Every key must be one of ``known``: a typo is an error naming the key, a close match and the choices."""
-    unknown = sorted((k for k in data if k not in known), key=str)
-    if unknown:
-        hints = "".join(did_you_mean(k, known) for k in unknown[:1])
-        raise ConfigError(f"unknown key(s) {[f'{where}{k}' for k in unknown]}{hints}; allowed under "
-                          f"{where.rstrip('.') or 'the top level'}: {sorted(known)}")
+def stopped_early(kimg: float, max_kimg: float) -> bool:
+    """A trial that ended before its last rung (ASHA stopped it): the one definition of "stopped early"."""
+    return float(kimg) < max_kimg - 1e-9
 
 
-def from_dict(cls: type, data: Any, where: str = "") -> Any:
-    """Build a (nested) frozen dataclass, rejecting unknown keys and wrong types with the key's path."""
-    if dataclasses.is_dataclass(data):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    check_known_keys(data, fields, where)
-    kwargs = {name: _coerce(hints[name], value, f"{where}{name}") for name, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where.rstrip('.') or 'config'}: {err}") from None
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
-            try:
-                return _coerce(option, value, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}={value!r} matches none of {options}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{where}={value!r} must be one of {list(args)}")
-        return value
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, f"{where}.")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}={value!r} must be a list")
-        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}={value!r} must be a mapping")
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}={value!r} must be true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}={value!r} must be an integer")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # PyYAML reads 2e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}={value!r} must be a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}={value!r} must be a string")
-        return value
-    return value
-
-
-# --- files and overrides ------------------------------------------------------------------------------
+# --- files ----------------------------------------------------------------------------------------------
 
 def resolve_config_path(name_or_path: str) -> Path:
     """A path, or the name of a shipped search space (search_spaces/<name>.yaml)."""
@@ -315,43 +235,6 @@ def resolve_config_path(name_or_path: str) -> Path:
         return shipped
     names = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
     raise ConfigError(f"{name_or_path!r} is neither a config file nor a shipped search space ({', '.join(names)})")
-
-
-def read_document(path: Path) -> dict:
-    import yaml
-
-    try:
-        text = path.read_text()
-        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path} must hold a mapping at the top level")
-    return doc
-
-
-def apply_overrides(doc: dict, overrides: list[str]) -> dict:
-    """--set a.b.c=value (YAML-parsed) into a nested dict, copying what it touches."""
-    import yaml
-
-    doc = json.loads(json.dumps(doc))
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r} must look like key=value (e.g. optim.lr=2e-4)")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item!r}: cannot parse the value") from None
-        node = doc
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {part} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return doc
 
 
 def load_train_config(name_or_path: str, overrides: list[str] = (), **top_level: Any) -> TrainConfig:
@@ -379,5 +262,23 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
     data = dataclasses.replace(cfg.data, root=absolute(cfg.data.root), cache_dir=absolute(cfg.data.cache_dir))
     features = dataclasses.replace(cfg.eval.features, weights_path=absolute(cfg.eval.features.weights_path))
-    return dataclasses.replace(cfg, data=data, output=absolute(cfg.output),
-                               eval=dataclasses.replace(cfg.eval, features=features))
+    return dataclasses.replace(cfg, data=data, output=absolute(cfg.output), eval=dataclasses.replace(
+        cfg.eval, features=features, stats_cache_dir=absolute(cfg.eval.stats_cache_dir)))
+
+
+def resolve_on_driver(cfg: TrainConfig) -> TrainConfig:
+    """What the environment decides (SPD_TUNE_DATA, SPD_TUNE_CACHE, SPD_TUNE_FID_WEIGHTS, the torch hub cache),
+    decided once, on the driver, and written into the config: workers on other machines never read it again.
+    Finding the FID weights may download them; absent or wrong weights fail here."""
+    from ..data import default_data_root
+    from ..fid import default_cache_dir, resolve_fid_weights
+
+    data, ev = cfg.data, cfg.eval
+    if data.name == "cifar10" and data.root is None:
+        data = dataclasses.replace(data, root=str(default_data_root().expanduser().resolve()))
+    stats = ev.stats_cache_dir or (f"{data.cache_dir}/fid_stats" if data.cache_dir else str(default_cache_dir()))
+    features = ev.features
+    if features.weights == "pytorch-fid" and features.weights_path is None:
+        weights = resolve_fid_weights(None, download=features.download)
+        features = dataclasses.replace(features, weights_path=str(weights.path))
+    return dataclasses.replace(cfg, data=data, eval=dataclasses.replace(ev, features=features, stats_cache_dir=stats))

@@ -1,0 +1,115 @@
+"""Reverse processes in Fourier space: ancestral (FIXED_LARGE) and DDIM, with respacing.
+
+spd-method §1.7: the reference samples per frequency with all T steps; here any K <= T steps work
+(``DiffusionSchedule.respace``), and every image draws its noise from its own seed, so a sample does
+not depend on the batch size or on how images are split across workers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+
+from .schedule import Denoiser, DiffusionSchedule, combine_filtered, compute_dtype
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """``steps`` = K network evaluations (None: all T); ``eta`` only for DDIM (0 = deterministic)."""
+
+    kind: Literal["ancestral", "ddim"] = "ancestral"
+    steps: int | None = None
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("ancestral", "ddim"):
+            raise ValueError(f"sampler kind={self.kind!r} must be 'ancestral' or 'ddim'")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"sampler eta={self.eta!r} must be in [0, 1]")
+        if self.kind == "ancestral" and self.eta != 0.0:
+            raise ValueError("eta applies to the DDIM sampler only")
+
+
+class ImageNoise:
+    """One CPU generator per image: the noise stream of image i depends on its seed alone.
+
+    Each generator fills several steps' noise per call (a block size fixed by the image shape, never by
+    the batch), which keeps per-image seeding cheap at small image sizes.
+    """
+
+    BLOCK_ELEMENTS = 1 << 16
+
+    def __init__(self, seeds: Sequence[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype):
+        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        self.shape, self.device, self.dtype = tuple(shape), device, dtype
+        self.block = max(1, min(64, self.BLOCK_ELEMENTS // max(1, math.prod(self.shape))))
+        self.buffer: torch.Tensor | None = None
+        self.used = self.block
+
+    def draw(self) -> torch.Tensor:
+        if self.used == self.block:
+            block = [torch.randn((self.block, *self.shape), generator=g) for g in self.generators]
+            self.buffer = torch.stack(block, dim=1).to(self.device, self.dtype, non_blocking=True)
+            self.used = 0
+        self.used += 1
+        return self.buffer[self.used - 1]
+
+
+@torch.no_grad()
+def sample(
+    model: Denoiser,
+    schedule: DiffusionSchedule,
+    seeds: Sequence[int],
+    shape: tuple[int, int, int],
+    *,
+    config: SamplerConfig = SamplerConfig(),
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Generate len(seeds) images [N, C, H, W] starting from white N(0, I), no clipping (as the reference)."""
+    device = torch.device(device)
+    if not seeds:
+        raise ValueError("need at least one seed")
+    sched = schedule.respace(config.steps)
+    tab = sched.tables(device, dtype)
+    noise = ImageNoise(seeds, shape, device, dtype)
+    x = noise.draw()
+    sigma_ddim = _ddim_sigma(tab, config.eta) if config.kind == "ddim" else None
+    for n in range(sched.steps - 1, -1, -1):
+        eps = model(x, tab.model_time[n].expand(len(seeds))).to(compute_dtype(x))
+        z = noise.draw() if n > 0 and (config.kind == "ancestral" or config.eta > 0) else None
+        if config.kind == "ancestral":
+            x = ancestral_step(x, eps, tab, n, z)
+        else:
+            x = ddim_step(x, eps, tab, n, sigma_ddim, z)
+    return x
+
+
+def ancestral_step(x, eps, tab, n: int, z: torch.Tensor | None) -> torch.Tensor:
+    """x_{n-1} = Re F^-1[(X - beta/sqrt(1-ab) E)/sqrt(alpha) + sigma F z], sigma^2 = beta (FIXED_LARGE).
+
+    At n = 0 this is exactly the Fourier x0-prediction.
+    """
+    terms = [(x, tab.ddpm_x_coef[n]), (eps, -tab.ddpm_eps_coef[n])]
+    if z is not None:
+        terms.append((z, tab.ddpm_sigma[n]))
+    return combine_filtered(terms, x.dtype)
+
+
+def ddim_step(x, eps, tab, n: int, sigma: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
+    """X_{n-1} = sqrt(ab_prev) X0hat + sqrt(1 - ab_prev - sigma^2) E + sigma F z, per frequency."""
+    x0_gain = tab.sqrt_ab_prev[n] * tab.recip_sqrt_ab[n]
+    direction = tab.sqrt_one_minus_ab_prev[n]
+    if sigma is not None:
+        direction = (direction.square() - sigma[n].square()).clamp(min=0).sqrt()
+    terms = [(x, x0_gain), (eps, direction - x0_gain * tab.sqrt_one_minus_ab[n])]
+    if z is not None and sigma is not None:
+        terms.append((z, sigma[n]))
+    return combine_filtered(terms, x.dtype)
+
+
+def _ddim_sigma(tab, eta: float) -> torch.Tensor | None:
+    return None if eta == 0.0 else eta * tab.ddim_unit_sigma

@@ -1,0 +1,142 @@
+"""The search service: ``python -m spd_tune.search {cifar10 | imagenet64 | demo | SPACE.yaml}``.
+
+Ray Tune runs one function trainable per trial, which launches that trial's Ray Train job (named
+``train-<trial id>``, so a restarted trial resumes its own run). OptunaSearch (seeded TPE, persistent SQLite
+study, the training config's own point first) proposes trials; ASHA stops poor ones at the kimg rungs, where
+every trial evaluates and checkpoints; stopped trials reach Optuna as PRUNED with their intermediate values.
+MLflow is written by one driver-side callback. The champion's checkpoint is copied to ``<output>/best/`` and
+registered in the MLflow Model Registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from ..cli import Parser, run_main
+from ..cluster import check_storage, check_storage_path, driver_resources, ensure_ray
+from ..data import check_available
+from ..errors import ConfigError
+from ..train.config import resolve_on_driver
+from ..train.evaluation import resolved_metric_name
+from .plan import Layout, concurrency, search_exists
+from .preflight import check_optuna_url, check_tracking_uri
+from .results import final_metric_name, pareto_front, summary_table
+from .space import Space, load_space
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python -m spd_tune.search", description=__doc__.split("\n\n")[0])
+    p.add_argument("space", help="cifar10, imagenet64, demo, or a path to a space YAML")
+    p.add_argument("--trials", type=int)
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--output", help="where the search writes (default: ./spd_runs)")
+    p.add_argument("--storage-path", help="Ray Tune/Train results and checkpoints: a local path, or on a multi-node "
+                   "cluster a bucket URI (s3://, gs://) or a shared mount (default: SPD_TUNE_STORAGE, else --output)")
+    p.add_argument("--shared-storage", action="store_true", default=None,
+                   help="the local --storage-path is a file system every node mounts at the same place (NFS)")
+    p.add_argument("--optuna-storage", help="the Optuna study's database URL (default: SQLite under --output)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under --output)")
+    p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    p.add_argument("--dry-run", action="store_true", help="print the space, the resource plan and the paths; exit")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any key of the space file, e.g. train.optim.warmup_kimg=1 or search.trials=20")
+    args = p.parse_args(argv)
+    sets = list(args.set)
+    if args.trials is not None:
+        sets.append(f"search.trials={args.trials}")
+    if args.max_concurrent is not None:
+        sets.append(f"search.max_concurrent={args.max_concurrent}")
+    found = {}
+    code = run_main(lambda: _search(args, sets, found))
+    if code != 0 or "results" not in found:
+        return code
+    return conclude(found["space"], found["layout"], found["results"])
+
+
+def _search(args: argparse.Namespace, sets: list[str], found: dict) -> int:
+    """Validate and check everything, then run the Tune search; the results go into ``found``."""
+    space = load_space(args.space, sets, output=args.output)
+    layout = Layout.of(space, args.storage_path, args.optuna_storage, args.tracking_uri, args.shared_storage)
+    if args.dry_run:
+        print(describe(space, layout))
+        return 0
+    check_storage_path(layout.storage.path)
+    exists = search_exists(layout)
+    if not args.resume and (exists or (layout.root / "optuna.db").exists()):
+        raise ConfigError(f"{layout.root} already holds a search named {space.train.name!r}: continue it with "
+                          f"--resume, or start a new one with another --output (nothing was changed)")
+    if args.resume and not exists:
+        raise ConfigError(f"--resume: no search to resume under {layout.experiment_dir}")
+    check_tracking_uri(layout.tracking_uri)
+    check_optuna_url(layout.optuna_url)
+    if resolved_metric_name(space.train) != space.metric:  # finds and checks the FID weights before Ray starts
+        raise ConfigError(f"the Inception weights found are not pytorch-fid's: scores would not be {space.metric}")
+    check_available(space.train.data)
+    space = dataclasses.replace(space, train=resolve_on_driver(space.train))
+    ensure_ray(args.address)
+    check_storage(layout.storage)
+    driver = driver_resources()
+    max_concurrent = concurrency(space, driver)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    # save Tune's experiment state (trials + searcher) at every step, so a killed driver loses as little
+    # as possible; what it still loses is reconciled after the resumed search
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    print(describe(space, layout, max_concurrent), flush=True)
+    from .tuner import build_tuner  # Ray Tune, Train and Optuna: imported only once the search really starts
+
+    found.update(space=space, layout=layout, results=build_tuner(space, layout, max_concurrent, args.resume,
+                                                                 driver).fit())
+    return 0
+
+
+def conclude(space: Space, layout: Layout, results) -> int:
+    """Close what a killed driver left open, print the summary, pick and register the champion, finish MLflow."""
+    from .champion import choose_champion  # with Ray Train: see build_tuner's import
+    from .tracking import finish_search
+    from .tuner import reconcile
+
+    orphans = reconcile(space, layout, results)
+    if orphans:
+        print(f"closed {orphans} Optuna trial(s) / MLflow run(s) left open by an interrupted driver "
+              f"(tagged spd_tune.orphaned)")
+    summary = summary_table(space, results)
+    print(summary)
+    best = choose_champion(space, layout, results)
+    if best is None:
+        print("no trial produced a finite score; nothing registered", file=sys.stderr)
+        return 1
+    final = final_metric_name(space.metric)
+    final_text = f", {final} {best[final]:.4f}" if final in best else ""
+    print(f"champion: trial {best['trial_id']}, {space.metric} {best[space.metric]:.4f}{final_text}, "
+          f"params {best['params']}")
+    print(f"  checkpoint copied to {best['best_dir']}; registered as {best.get('model')}")
+    front = pareto_front(space, results) if space.search.multi_objective.enabled else None
+    if front is not None:
+        print(f"Pareto front ({space.metric} vs NFE): " + ", ".join(
+            f"{p['trial_id']} ({p[space.metric]:.4f}, {p['nfe']} NFE)" for p in front))
+    finish_search(layout.tracking_uri, space.train.name, summary, best, layout.optuna_url, front)
+    print(f"compare the trials: python -m spd_tune.ui {layout.root}")
+    return 0
+
+
+def describe(space: Space, layout: Layout, max_concurrent: int | None = None) -> str:
+    lines = [f"search {space.train.name}: {space.search.trials} trials, metric {space.metric} (min)"]
+    for name, spec in space.search.params.items():
+        rng = f"{list(spec.choices)}" if spec.type == "categorical" else f"[{spec.low:g}, {spec.high:g}]"
+        lines.append(f"  {name:<8} {spec.type:<12} {rng}{' log' if spec.log else ''}  -> {spec.path}")
+    lines.append(f"  first trial (the config's own values): {space.default_point()}")
+    lines.append(f"  ASHA rungs at kimg {space.rungs()} (evaluate + checkpoint at each)")
+    r = space.train.resources
+    lines.append(f"resources per trial: {r.workers} workers x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU)"
+                 + (f"; {max_concurrent} trials at once" if max_concurrent else ""))
+    lines.append(f"writes: results {layout.storage.path}; Optuna {layout.optuna_url}; MLflow {layout.tracking_uri}; "
+                 f"champion {layout.root / 'best'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""Starting a training run on Ray: the Ray connection, the TorchTrainer of one run, and reading its results.
+
+With train/session.py, the only module that imports ray.train: the search reads Train runs through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from ..cluster import Storage, check_fits, check_storage, check_storage_path, ensure_ray
+from ..core.checkpoint import load_checkpoint
+from ..data import check_available
+from ..errors import ConfigError
+from .config import TrainConfig, resolve_on_driver
+from .evaluation import resolved_metric_name
+from .loop import train_loop_per_worker
+
+
+class RunFailed(RuntimeError):
+    """Ray Train gave up on a run (its workers' tracebacks are in the log); the message is one line."""
+
+
+def check_resources(cfg: TrainConfig) -> None:
+    """A request the cluster (with its autoscaler) can never satisfy is an error now, not a wait for ever."""
+    check_fits(cfg.resources.per_run(), f"the run ({cfg.resources.workers} workers)",
+               "lower resources.workers or the per-worker resources, or use a larger cluster")
+
+
+def build_trainer(cfg: TrainConfig, metric: str, *, name: str | None = None, storage_path: str | None = None,
+                  callbacks: list | None = None) -> TorchTrainer:
+    r = cfg.resources
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg.to_dict(),
+        scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
+                                               resources_per_worker=r.per_worker()),
+        run_config=ray.train.RunConfig(
+            name=name or cfg.name,  # a fixed name: a re-run with the same name resumes from its last checkpoint
+            storage_path=storage_path or cfg.output,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
+                                                         checkpoint_score_attribute=metric,
+                                                         checkpoint_score_order="min"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            callbacks=callbacks or None,
+        ),
+    )
+
+
+def plan(cfg: TrainConfig) -> str:
+    evals = ", ".join(f"{cfg.kimg_at(s):g}" for s in cfg.evaluation_steps())
+    r = cfg.resources
+    return "\n".join([
+        f"run {cfg.name}: {cfg.total_kimg:g} kimg = {cfg.total_steps()} steps of {cfg.batch} images "
+        f"({cfg.per_worker_batch} per worker x {r.workers} workers x {cfg.accumulation} accumulation)",
+        f"workers: {r.workers} x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU)",
+        f"evaluation + checkpoint at kimg: {evals}",
+        f"writes: {Path(cfg.output) / cfg.name}",
+    ])
+
+
+def check_resumable(cfg: TrainConfig, storage: Storage) -> None:
+    """Re-using a run name resumes that run, so its checkpoints must hold the same network and process."""
+    if storage.is_uri:
+        return
+    found = sorted((Path(storage.path) / cfg.name).glob("step_*/checkpoint.pt"))
+    if not found:
+        return
+    state = load_checkpoint(found[-1], mmap=True)
+    for what, theirs, ours in (("model", state.unet, cfg.unet), ("process", state.process, cfg.process)):
+        if theirs != ours:
+            fields = [f for f in dataclasses.fields(ours) if getattr(theirs, f.name) != getattr(ours, f.name)]
+            diff = ", ".join(f"{f.name} {getattr(theirs, f.name)!r} -> {getattr(ours, f.name)!r}" for f in fields)
+            raise ConfigError(f"run {cfg.name!r} in {Path(storage.path) / cfg.name} holds checkpoints of another "
+                              f"{what} ({diff}); re-using a name resumes that run: pick another --name or --output")
+
+
+def run_training(cfg: TrainConfig, address: str | None = None, storage: Storage | None = None):
+    """Check everything, then train: (Train result, metric name, best checkpoint or None)."""
+    storage = storage or Storage.resolve(None, None, cfg.output)
+    check_storage_path(storage.path)
+    check_resumable(cfg, storage)
+    metric = resolved_metric_name(cfg)  # finds (or downloads) the FID weights now, not in the workers
+    check_available(cfg.data)
+    cfg = resolve_on_driver(cfg)
+    ensure_ray(address)
+    check_resources(cfg)
+    check_storage(storage)
+    run_dir = Path(cfg.output) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(cfg.to_json())
+    try:
+        result = build_trainer(cfg, metric, storage_path=storage.path).fit()
+    except ray.train.TrainingFailedError as err:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        raise RunFailed(lines[-1] if lines else type(err).__name__) from None
+    best = result.get_best_checkpoint(metric, "min") if result.best_checkpoints else None
+    return result, metric, best
+
+
+def run_result(path: str) -> ray.train.Result:
+    """A finished (or interrupted) Train run read back from its folder, local or in a bucket."""
+    return ray.train.Result.from_path(path)
+
+
+def best_checkpoint(path: str, metric: str) -> ray.train.Checkpoint | None:
+    """The run's best registered checkpoint by ``metric`` (lower is better)."""
+    return run_result(path).get_best_checkpoint(metric, "min")

@@ -1,0 +1,148 @@
+"""The rule of the house (docs/architecture.md), read from every import in the package, module-level and inside
+functions alike: no import cycles; core/, data/ and fid/ free of Ray, MLflow and Optuna; cluster/ free of torch;
+ray.train only in train/session and train/driver; Ray Tune, Optuna and MLflow only in search/ (and ui.py); no
+module over 450 lines. A synthetic package shows that each rule catches what it names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_LINES = 450
+FRAMEWORKS = ("ray", "mlflow", "optuna")
+
+
+def _module_name(path: Path, root: Path, package: str) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join([package, *parts])
+
+
+def _imports(path: Path, module: str, is_package: bool) -> list[str]:
+    """Every module ``path`` imports, relative imports resolved, with ``from m import n`` as m.n (a submodule) or
+    m (a name in m); the caller keeps what exists."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".") if is_package else module.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            found += [base] + [f"{base}.{alias.name}" for alias in node.names]
+    return found
+
+
+def package_graph(root: Path, package: str) -> tuple[dict[str, list[str]], dict[str, Path]]:
+    """module -> every name it imports, and module -> file."""
+    files = {_module_name(p, root, package): p for p in sorted(root.rglob("*.py"))}
+    imports = {name: _imports(path, name, path.name == "__init__.py") for name, path in files.items()}
+    return imports, files
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    cycles, state, stack = [], {}, []
+
+    def visit(node: str) -> None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def _third_party(name: str, top: str) -> bool:
+    return name == top or name.startswith(top + ".")
+
+
+def violations(root: Path, package: str) -> list[str]:
+    imports, files = package_graph(root, package)
+    found = []
+    internal = {m: {i for i in names if i in files and i != m} for m, names in imports.items()}
+    found += [f"import cycle: {' -> '.join(c)}" for c in _cycles(internal)]
+    for module, names in imports.items():
+        inner = module[len(package) + 1:]
+        layer = inner.split(".")[0]
+        external = [n for n in names if not n.startswith(package)]
+        for name in external:
+            if layer in ("core", "data", "fid") and any(_third_party(name, f) for f in FRAMEWORKS):
+                found.append(f"{module} imports {name}: {layer}/ stays free of Ray, MLflow and Optuna")
+            if layer == "cluster" and _third_party(name, "torch"):
+                found.append(f"{module} imports {name}: cluster/ stays free of torch")
+            if _third_party(name, "ray.train") and inner not in ("train.session", "train.driver"):
+                found.append(f"{module} imports {name}: ray.train belongs to train/session and train/driver")
+            if (_third_party(name, "ray.tune") or _third_party(name, "optuna") or _third_party(name, "mlflow")) \
+                    and layer not in ("search", "ui"):
+                found.append(f"{module} imports {name}: Ray Tune, Optuna and MLflow belong to search/ (and ui)")
+        lines = len(files[module].read_text().splitlines())
+        if lines > MAX_LINES:
+            found.append(f"{module} has {lines} lines (at most {MAX_LINES})")
+    return sorted(set(found))
+
+
+def test_the_package_keeps_the_rule():
+    assert violations(ROOT / "spd_tune", "spd_tune") == []
+
+
+def test_the_layers_are_there():
+    for layer in ("core", "data", "fid", "train", "search", "cluster"):
+        assert (ROOT / "spd_tune" / layer / "__init__.py").is_file(), layer
+    for command in ("search", "train", "fid", "cluster"):
+        assert (ROOT / "spd_tune" / command / "__main__.py").is_file(), command
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / "pkg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for folder in [p for p in (root / "pkg").rglob("*") if p.is_dir()] + [root / "pkg"]:
+        (folder / "__init__.py").touch()
+    return root / "pkg"
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"a.py": "from . import b\n", "b.py": "def f():\n    from .a import x\n"},
+     "import cycle: pkg.a -> pkg.b -> pkg.a"),
+    ({"core/m.py": "import ray\n"}, "pkg.core.m imports ray: core/ stays free"),
+    ({"data/m.py": "def f():\n    import mlflow\n"}, "pkg.data.m imports mlflow: data/ stays free"),
+    ({"fid/m.py": "from optuna import samplers\n"}, "pkg.fid.m imports optuna: fid/ stays free"),
+    ({"cluster/m.py": "import torch.nn\n"}, "pkg.cluster.m imports torch.nn: cluster/ stays free of torch"),
+    ({"train/loop.py": "import ray.train\n"}, "pkg.train.loop imports ray.train: ray.train belongs"),
+    ({"search/x.py": "from ray.train import Checkpoint\n"}, "pkg.search.x imports ray.train: ray.train belongs"),
+    ({"train/driver.py": "from ray.tune import Callback\n"}, "pkg.train.driver imports ray.tune: Ray Tune"),
+    ({"core/m.py": "def f():\n    import optuna\n"}, "pkg.core.m imports optuna"),
+    ({"cli.py": "import mlflow\n"}, "pkg.cli imports mlflow: Ray Tune, Optuna and MLflow belong to search/"),
+    ({"core/big.py": "x = 1\n" * (MAX_LINES + 1)}, f"pkg.core.big has {MAX_LINES + 1} lines"),
+])
+def test_each_rule_catches_what_it_names(tmp_path, files, expected):
+    package = _write(tmp_path, files)
+    found = violations(package, "pkg")
+    assert any(expected in v for v in found), found
+
+
+def test_allowed_imports_pass_in_a_synthetic_tree(tmp_path):
+    package = _write(tmp_path, {
+        "train/driver.py": "import ray.train\nfrom ..core import m\n",
+        "train/session.py": "def f():\n    import ray.train\n",
+        "search/tuner.py": "from ray import tune\nimport optuna\nimport mlflow\nfrom ..train import driver\n",
+        "ui.py": "import mlflow\n",
+        "cluster/connect.py": "import ray\n",
+        "core/m.py": "import torch\n",
+    })
+    assert violations(package, "pkg") == []
