@@ -2,7 +2,7 @@
 
 Every node binds 127.0.0.1, the head runs the dashboard (Train's placement-group cleanup after a lost driver
 needs it) on an explicit port, and all nodes share one file system, which stands in for NFS. ``trainer_slot``
-stands in for a GPU: CPU-only machines cannot fake CUDA devices (ray-cluster.md §2).
+stands in for a GPU: CPU-only machines cannot fake CUDA devices (Ray detects GPUs through the driver, which a CPU machine has not).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# Set before the head starts, so the raylet and every worker inherit them (ray-stack.md §10).
+# Set before the head starts, so the raylet and every worker inherit them (Ray reads some of them once, at start-up).
 TEST_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",

@@ -1,5 +1,5 @@
 """Optional (marker ``autoscaler``): Ray's real autoscaler, with fake nodes of cluster/gpu.yaml's node types, runs
-a search submitted with ``ray job submit`` (ray-cluster.md §2). It proves that the search's requests (a driver on
+a search submitted with ``ray job submit`` . It proves that the search's requests (a driver on
 ``train_driver``, workers on an A10G node type) are what gpu.yaml's node types provide, and that the autoscaler
 starts them on demand. CPU-only: the GPU worker type is asked for through its ``accelerator_type:A10G``
 resource, since fake nodes have no CUDA devices.
@@ -124,7 +124,7 @@ def test_a_job_submitted_search_scales_up_gpu_yamls_worker_type(fake_autoscaling
                   str(tmp_path / "out"), "--storage-path", str(tmp_path / "shared"), "--shared-storage"]
     for item in sets:
         entrypoint += ["--set", item]
-    # no --working-dir: fake nodes share one runtime-env folder, and the project is installed (ray-cluster.md §2)
+    # no --working-dir: fake nodes share one runtime-env folder, and the project is installed
     # a launcher head has ~/ray_bootstrap_config.yaml; this head was started with --autoscaling-config instead
     env_vars = {k: os.environ[k] for k in ("SPD_TUNE_CACHE", "TORCH_HOME", "SPD_TUNE_DATA")}
     env_vars["SPD_TUNE_AUTOSCALER_CONFIG"] = str(cluster["temp"] / "fake.yaml")

@@ -43,7 +43,7 @@ assert not [m for m in BLOCKED if m in sys.modules]
 
 
 def test_cifar10_step_flops_match_the_reference_cost_model(tmp_path):
-    # spd-method §5: the UNet forward costs 16.8 GFLOP per 32x32 image; a training step ~3x that
+    # the reference cost model: the UNet forward costs 16.8 GFLOP per 32x32 image; a training step ~3x that
     code = """
 import torch
 from spd_tune.schedule import SPDSchedule

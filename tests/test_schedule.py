@@ -1,4 +1,4 @@
-"""Invariants of spd-method.md §6.2 (items 3-10, 12, 13) and the reference values of §6.3."""
+"""Invariants of the SPD schedule (docs/method.md) and the values the reference code's tables give."""
 
 import math
 
@@ -19,7 +19,7 @@ from spd_tune.schedule import (
 )
 from spd_tune.spectrum import freq_radius, log_spectrum_model
 
-SINGULAR_M = [0.573532, 0.664911, 1.315049]  # D == 1 on the 32-px grid (spd-method P1)
+SINGULAR_M = [0.573532, 0.664911, 1.315049]  # D == 1 on the 32-px grid 
 DC, F1, CORNER = (0, 0), (0, 1), (16, 16)
 
 
@@ -140,13 +140,13 @@ def test_matches_the_reference_float32_tables_at_m2():
 def test_betas(steps, dc_beta):
     sched = SPDSchedule(32, steps)
     b = sched.betas
-    # spd-method §6.3 quotes 0.0952 at T=100; the exact value 1 - D(0)^(0.99-1)(1-D^-0.99)/(1-1/D) is 0.09495
+    # the reference quotes 0.0952 at T=100; the exact value 1 - D(0)^(0.99-1)(1-D^-0.99)/(1-1/D) is 0.09495
     assert b[0][DC].item() == pytest.approx(dc_beta, rel=2e-3)
     assert bool(((b > 0) & (b < 1)).all())
     assert sched.clamped_betas == 0
     cumprod = torch.cumprod(1 - b, 0)
     assert ((cumprod - sched.alpha_bar).abs() / sched.alpha_bar).max().item() < 1e-12
-    # alpha_bar ~ tau near the end, so the last betas are ~1/2 and ~1/3 at every frequency. spd-method §6.2
+    # alpha_bar ~ tau near the end, so the last betas are ~1/2 and ~1/3 at every frequency
     # quotes [0.49, 0.51] and [0.33, 0.34] for T = 100 too, but there tau*ln D(0) = 0.1 is not small and the
     # exact values spread to [0.483, 0.523] and [0.313, 0.366]; the quoted bands hold from T = 1000 on.
     last, second = (0.49, 0.51), (0.33, 0.34)

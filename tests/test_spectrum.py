@@ -39,7 +39,7 @@ def test_spectrum_model_properties():
     assert d[0, 0].item() == pytest.approx(1.59 / 0.0086**2, rel=1e-12)
     crossing = 1.59 ** (1 / 2) - 0.0086
     assert torch.equal(d > 1, r < crossing)
-    assert int((d > 1).sum()) == 5  # DC and the four |f| = 1 bins (spd-method §1.2)
+    assert int((d > 1).sum()) == 5  # DC and the four |f| = 1 bins
     assert d[0, 1].item() == pytest.approx(1.563, abs=1e-3)
 
 

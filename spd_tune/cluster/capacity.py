@@ -11,18 +11,16 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from .launcher import DRIVER_RESOURCE, NodeType, max_resources
 
 AUTOSCALER_CONFIG_ENV = "SPD_TUNE_AUTOSCALER_CONFIG"
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # written by `ray up` on the head
-DRIVER_RESOURCE = "train_driver"
 BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
 
 def _bootstrap_max_resources() -> tuple[dict[str, float], int] | None:
     """The autoscaler's limits from the launcher's config on the head, if this is a launcher cluster."""
     import yaml
-
-    from .launcher import NodeType, max_resources
 
     path = Path(os.environ.get(AUTOSCALER_CONFIG_ENV, BOOTSTRAP_CONFIG)).expanduser()
     if not path.is_file():

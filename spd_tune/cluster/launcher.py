@@ -19,6 +19,7 @@ from pathlib import Path
 from ..cli import Parser
 from ..errors import ConfigError
 
+DRIVER_RESOURCE = "train_driver"  # the head's custom resource: trial drivers stay off spot GPU workers
 PLACEHOLDER = re.compile(r"YOUR-[A-Z0-9-]+")
 
 
@@ -115,7 +116,7 @@ def _project_checks(path: Path, raw: dict, where: str) -> ClusterSpec:
     if head.resources.get("GPU"):
         raise ConfigError(f"{where}: the head {head_name} has GPUs; spd-tune keeps the head a CPU node "
                           "(it runs the drivers, MLflow and Optuna)")
-    if not head.resources.get("train_driver"):
+    if not head.resources.get(DRIVER_RESOURCE):
         raise ConfigError(f"{where}: the head {head_name} must advertise a train_driver resource (one per "
                           "concurrent trial), or trial drivers may land on spot GPU workers")
     if not any(w.resources.get("GPU", 0) > 0 and w.max_workers > 0 for w in nodes.values()):

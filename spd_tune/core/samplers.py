@@ -1,6 +1,6 @@
 """Reverse processes in Fourier space: ancestral (FIXED_LARGE) and DDIM, with respacing.
 
-spd-method §1.7: the reference samples per frequency with all T steps; here any K <= T steps work
+The reference code samples per frequency with all T steps; here any K <= T steps work
 (``DiffusionSchedule.respace``), and every image draws its noise from its own seed, so a sample does
 not depend on the batch size or on how images are split across workers.
 """

@@ -1,6 +1,6 @@
 """Noise schedules in Fourier space: SPD's per-frequency schedule and the DDPM baseline.
 
-One interface for both (spd-method §1.4-§1.6, §6.1): an ``alpha_bar`` table of shape [T, H, W]
+One interface for both (docs/method.md: ᾱ, betas, tables on the device): an ``alpha_bar`` table of shape [T, H, W]
 (frequency-independent schedules use [T, 1, 1]), index n = 0 the least noisy step.
 Every table is built once in float64 and cached per (device, dtype) as half-spectrum gains
 [T, H, W//2+1] for ``rfft2``; a step gathers rows by index, nothing is copied or recomputed per step.
@@ -22,7 +22,7 @@ MAX_STEPS = 100_000
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-MAX_M = 12.0  # far outside any image spectrum (spd-method: m in [1, 3]); D(f) spans > 1e20 beyond it
+MAX_M = 12.0  # far outside any image spectrum (natural images: m in [1, 3]); D(f) spans > 1e20 beyond it
 
 
 def check_steps(steps: object, minimum: int = 3) -> int:

@@ -1,7 +1,7 @@
 """The SPD power-spectrum model D(|f|) = c1 / (c2 + |f|)^m and its fit to data.
 
 Units follow the reference code: integer cycles per image from ``fftfreq(n, d=1/n)``,
-images in [-1, 1], orthonormal 2-D DFT (spd-method §1.2, fid-data §3.2).
+images in [-1, 1], orthonormal 2-D DFT (docs/method.md, "Units and the spectrum model").
 Only torch is imported at module level so that the math runs with torch alone.
 """
 
@@ -82,7 +82,7 @@ def fit_spectrum(power: torch.Tensor, *, c2: float | None = None, include_dc: bo
 
     With ``c2`` given, (c1, m) follow in closed form from the non-DC bins. Without it all three are
     fitted, DC included: c2 is only identifiable through the DC bin, and the three-parameter fit is
-    ill-posed when c2 is much smaller than 1 (fid-data §3.2), so prefer a fixed c2 for real photos.
+    ill-posed when c2 is much smaller than 1 (docs/method.md, "Spectrum fit"), so prefer a fixed c2 for real photos.
     """
     if power.ndim != 2 or power.shape[0] != power.shape[1]:
         raise ValueError(f"expected a square [n, n] power spectrum, got shape {tuple(power.shape)}")

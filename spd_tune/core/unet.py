@@ -1,4 +1,4 @@
-"""The iDDPM / guided-diffusion UNet, written compactly (spd-method §1.8).
+"""The iDDPM / guided-diffusion UNet, written compactly (the network of the SPD reference code; docs/method.md).
 
 It knows nothing about Fourier space: it maps (x_t, model time) to an epsilon estimate. Attention uses
 F.scaled_dot_product_attention; GroupNorm runs in float32 so bf16 autocast stays stable; nothing

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..train.config import TrainConfig, absolute_paths, resolve_config_path
+from ..train.config import SamplerKind, TrainConfig, absolute_paths, resolve_config_path
 from ..train.evaluation import expected_metric_name
 from ..typed import apply_overrides, check_known_keys, from_dict, read_document
 
@@ -88,7 +88,7 @@ class FinalConfig:
 
     top_k: int = 0
     samples: int = 50_000
-    sampler: str | None = None  # default: the rung protocol's
+    sampler: SamplerKind | None = None  # default: the rung protocol's
     sampler_steps: int | None = None  # None: all T steps (the paper's protocol)
     eta: float = 0.0
     seed: int = 2_000_000

@@ -18,6 +18,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from ..train.config import nimg, stopped_early
+from ..train.session import GRID_FILE
 
 log = logging.getLogger("spd_tune.tracking")
 
@@ -85,7 +86,7 @@ class MLflowTracker:
         metrics = [Metric(k, float(v), now, step) for k, v in result.items()
                    if k not in SKIP_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
         self.client.log_batch(run_id, metrics=metrics)
-        grid = Path(str(result.get("checkpoint_path") or "")) / "samples.png"
+        grid = Path(str(result.get("checkpoint_path") or "")) / GRID_FILE
         if result.get("checkpoint_path") and grid.is_file():
             with tempfile.TemporaryDirectory() as tmp:
                 named = Path(tmp) / f"samples_{step:09d}.png"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..core.samplers import SamplerConfig
 from ..core.schedule import ProcessConfig
 from ..core.unet import UNetConfig, preset_config
 from ..data import DataConfig
@@ -94,11 +95,19 @@ class EvalConfig:
     stats_cache_dir: str | None = None  # reference statistics (default: <data.cache_dir>/fid_stats or SPD_TUNE_CACHE)
     grid: int = 64  # images in the sample grid PNG
 
+    def sampler_config(self) -> SamplerConfig:
+        """The one sampler shape (core.samplers): this protocol's sampler, K and eta."""
+        return SamplerConfig(self.sampler, steps=self.sampler_steps, eta=self.eta)
+
     def __post_init__(self) -> None:
         if self.every_kimg <= 0 or any(k <= 0 for k in self.at_kimg):
             raise ConfigError("eval.every_kimg and eval.at_kimg must be > 0")
         if self.samples < 2:
             raise ConfigError(f"eval.samples={self.samples} must be >= 2 (a covariance needs two)")
+        try:
+            self.sampler_config()
+        except ValueError as err:
+            raise ConfigError(f"eval: {err}") from None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..core.samplers import SamplerConfig, sample
+from ..core.samplers import sample
 from ..core.schedule import DiffusionSchedule
 from ..data import load_images, to_uint8
 from ..fid import InceptionFeatures, RunningStats, metric_name, reference_stats, resolve_fid_weights, score
@@ -52,7 +52,7 @@ class Evaluator:
         self.cfg, self.device, self.rank, self.world = cfg, device, rank, world_size
         self.features = InceptionFeatures(cfg.eval.features, device=device)
         self.metric = self.features.metric_name
-        self.sampler = SamplerConfig(cfg.eval.sampler, steps=cfg.eval.sampler_steps, eta=cfg.eval.eta)
+        self.sampler = cfg.eval.sampler_config()
         self.reference: RunningStats | None = None
         if rank == 0:  # cached on disk by content hash: computed once per (data, count, weights)
             ref_data = dataclasses.replace(cfg.data, split=cfg.eval.ref_split, limit=cfg.eval.ref_count,
