@@ -146,3 +146,16 @@ def test_allowed_imports_pass_in_a_synthetic_tree(tmp_path):
         "core/m.py": "import torch\n",
     })
     assert violations(package, "pkg") == []
+
+
+def test_dry_run_and_bad_input_do_not_import_the_frameworks(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom spd_tune.search.__main__ import main\n"
+            f"assert main(['demo', '--dry-run', '--output', {str(tmp_path)!r}]) == 0\n"
+            f"assert main(['demo', '--output', {str(tmp_path)!r}, '--set', 'serach.trials=3']) == 2\n"
+            "print(sorted(m for m in ('ray.tune', 'ray.train', 'optuna', 'mlflow') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -11,12 +11,11 @@ import sys
 
 import optuna
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from ..train.config import nimg, stopped_early
-from ..train.driver import build_trainer
+from ..train.driver import ReportQueue, build_trainer, fit_reporting
 from .plan import Layout
 from .results import diverged, trial_run_name
 from .space import Space
@@ -24,12 +23,14 @@ from .tracking import MLflowCallback, close_orphan_runs
 
 
 def trial_driver(params: dict, space: Space, storage_path: str) -> None:
-    """One trial: build its training config and run it as a Ray Train job, forwarding reports to Tune."""
+    """One trial: build its training config and run it as a Ray Train job, passing its reports to Tune from this
+    thread (train.driver.ReportQueue says why not through Ray's TuneReportCallback)."""
     trial_id = tune.get_context().get_trial_id()
     cfg = space.trial_config({name: params[name] for name in space.search.params})
+    reports = ReportQueue()
     trainer = build_trainer(cfg, space.metric, name=trial_run_name(trial_id), storage_path=storage_path,
-                            callbacks=[TuneReportCallback()])
-    result = trainer.fit()
+                            callbacks=[reports])
+    result = fit_reporting(trainer, reports, tune.report)
     if result.error:
         raise result.error
 

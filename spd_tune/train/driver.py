@@ -6,11 +6,16 @@ With train/session.py, the only module that imports ray.train: the search reads 
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
 from pathlib import Path
+from typing import Callable
 
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+from ray.util.queue import Empty, Queue
 
 from ..cluster import Storage, check_fits, check_storage, check_storage_path, ensure_ray
 from ..core.checkpoint import load_checkpoint
@@ -100,6 +105,57 @@ def run_training(cfg: TrainConfig, address: str | None = None, storage: Storage 
         raise RunFailed(lines[-1] if lines else type(err).__name__) from None
     best = result.get_best_checkpoint(metric, "min") if result.best_checkpoints else None
     return result, metric, best
+
+
+CHECKPOINT_PATH_KEY = "checkpoint_path"  # the key Ray's own Train-to-Tune callback uses
+
+
+class ReportQueue(UserCallback):
+    """Rank 0's metrics of every Train report (with its checkpoint's path), put on a Ray queue for the trial's own
+    thread to hand to Tune (``fit_reporting``).
+
+    Ray's TuneReportCallback hands them to Tune's main thread instead, which then calls Tune's report itself; when
+    a run ends right after its last report, the trial's function has already put its final result on Tune's
+    one-slot result queue and the main thread blocks for ever on the full queue (seen in the soak test: trials
+    left RUNNING at a rung with their Train runs finished, and the search never ending)."""
+
+    def __init__(self) -> None:
+        self.queue = Queue(actor_options={"num_cpus": 0})
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint: ray.train.Checkpoint | None) -> None:
+        item = dict(metrics[0])
+        if checkpoint:
+            item[CHECKPOINT_PATH_KEY] = checkpoint.path
+        self.queue.put(item)
+
+
+def fit_reporting(trainer: TorchTrainer, reports: ReportQueue, report: Callable[[dict], None],
+                  poll_s: float = 0.2) -> ray.train.Result:
+    """``trainer.fit()`` in a thread, while this thread passes every report to ``report`` in order; returns once the
+    run has ended and every report has been passed. A failed run's error is raised here."""
+    out: dict = {}
+
+    def fit() -> None:
+        try:
+            out["result"] = trainer.fit()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread below
+            out["error"] = err
+
+    runner = threading.Thread(target=fit, name="train-fit", daemon=True)
+    runner.start()
+    try:
+        while True:
+            try:
+                report(reports.queue.get(timeout=poll_s))
+            except (Empty, queue.Empty):
+                if not runner.is_alive() and reports.queue.empty():
+                    break
+        runner.join()
+    finally:
+        reports.queue.shutdown()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
 
 
 def run_result(path: str) -> ray.train.Result:
