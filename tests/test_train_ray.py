@@ -97,3 +97,42 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
     assert final["start_step"] in (10, 20)
     assert result.checkpoint.path.rstrip("/").endswith("step_000000060")
     assert math.isfinite(final["proxy_fd64"]) and final["eval_samples"] == 10
+
+
+def test_a_train_run_whose_trial_has_gone_reserves_no_workers(ray_cluster, tmp_path):
+    """A trial's controller outlives its trial for a moment; it must not reserve a worker group in it (nothing
+    would ever release that reservation: see train.driver.EndsWithItsTrial)."""
+    import ray
+    from ray.util.state import get_actor
+
+    from spd_tune.train.driver import EndsWithItsTrial
+
+    @ray.remote(num_cpus=0)
+    class Trial:
+        def actor_id(self) -> str:
+            return ray.get_runtime_context().get_actor_id()
+
+    trial = Trial.remote()
+    trial_id = ray.get(trial.actor_id.remote())
+    ray.kill(trial)
+    deadline = time.time() + 30
+    while (get_actor(trial_id) is None or get_actor(trial_id).state != "DEAD") and time.time() < deadline:
+        time.sleep(0.2)
+    before = set(ray.util.placement_group_table())
+    cfg = config(tmp_path, "orphan", "total_kimg=0.16", "eval.every_kimg=0.16")
+    out = {}
+
+    def fit():
+        try:
+            out["result"] = build_trainer(cfg, "proxy_fd64", callbacks=[EndsWithItsTrial(trial_id)]).fit()
+        except Exception as err:  # noqa: BLE001 - inspected below
+            out["error"] = err
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert "error" in out, f"the run went on without its trial: {out}"
+    assert isinstance(out["error"], ray.exceptions.RayActorError), repr(out["error"])
+    reserved = [pg_id for pg_id, pg in ray.util.placement_group_table().items()
+                if pg_id not in before and any("CPU" in bundle for bundle in pg["bundles"].values())]
+    assert reserved == []

@@ -15,7 +15,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from ..train.config import nimg, stopped_early
-from ..train.driver import ReportQueue, build_trainer, fit_reporting
+from ..train.driver import ReportQueue, build_trainer, fit_reporting, trial_callbacks
 from .plan import Layout
 from .results import diverged, trial_run_name
 from .space import Space
@@ -29,7 +29,7 @@ def trial_driver(params: dict, space: Space, storage_path: str) -> None:
     cfg = space.trial_config({name: params[name] for name in space.search.params})
     reports = ReportQueue()
     trainer = build_trainer(cfg, space.metric, name=trial_run_name(trial_id), storage_path=storage_path,
-                            callbacks=[reports])
+                            callbacks=trial_callbacks(reports))
     result = fit_reporting(trainer, reports, tune.report)
     if result.error:
         raise result.error

@@ -14,6 +14,7 @@ from typing import Callable
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Empty, Queue
 
@@ -127,6 +128,40 @@ class ReportQueue(UserCallback):
         if checkpoint:
             item[CHECKPOINT_PATH_KEY] = checkpoint.path
         self.queue.put(item)
+
+
+class EndsWithItsTrial(ControllerCallback):
+    """Ends a trial's Train controller, instead of letting it reserve workers again, once the trial has gone.
+
+    Ray kills the controller of a trial that Tune stopped, but not at once. A controller that sees its workers
+    die in that window retries and reserves a new placement group after Train's own PlacementGroupCleaner has
+    cleaned up and exited; nothing removes that group, so it holds a worker's CPUs and GPUs on the cluster for
+    ever (found by the suite's clean-cluster check after ASHA stopped trials). The check runs in the controller
+    before every worker-group start, when the trial's actor is already marked dead."""
+
+    def __init__(self, trial_actor_id: str, timeout_s: int = 10) -> None:
+        self.trial_actor_id, self.timeout_s = trial_actor_id, timeout_s
+
+    def trial_has_gone(self) -> bool:
+        from ray.util.state import get_actor
+
+        try:
+            state = get_actor(self.trial_actor_id, timeout=self.timeout_s)
+        except Exception:  # noqa: BLE001 - state API unreachable: assume the trial lives, as Train's cleaner does
+            return False
+        return state is not None and state.state == "DEAD"
+
+    def on_controller_start_worker_group(self, *, scaling_config, num_workers):
+        if self.trial_has_gone():
+            print(f"[spd-tune] trial actor {self.trial_actor_id} has gone: its Train run ends without "
+                  "reserving workers again", flush=True)
+            ray.actor.exit_actor()
+        return None
+
+
+def trial_callbacks(reports: ReportQueue) -> list:
+    """The Train callbacks of a run started by a Tune trial (this process is the trial's actor)."""
+    return [reports, EndsWithItsTrial(ray.get_runtime_context().get_actor_id())]
 
 
 def fit_reporting(trainer: TorchTrainer, reports: ReportQueue, report: Callable[[dict], None],
