@@ -126,12 +126,19 @@ def leftovers() -> list[str]:
     return found
 
 
+# Ray's own detached helpers, one per cluster or ending by themselves; anything else alive after a search is a leak
+RAY_HELPERS = (
+    "PlacementGroupCleaner",  # Train's: exits once its controller has ended
+    "_AutoscalingCoordinatorActor",  # Ray Data's cluster-wide singleton, started by Train's dataset set-up
+)
+
+
 def live_actors() -> list[str]:
-    """Live actors other than Ray's own detached helpers (State API, served by the dashboard)."""
+    """Live actors other than Ray's own helpers (State API, served by the dashboard)."""
     from ray.util.state import list_actors
 
     return [f"{a.class_name} (pid {a.pid})" for a in list_actors(filters=[("state", "=", "ALIVE")])
-            if a.ray_namespace != "_ray_internal" and not a.class_name.startswith("PlacementGroupCleaner")]
+            if a.ray_namespace != "_ray_internal" and not a.class_name.startswith(RAY_HELPERS)]
 
 
 def wait_until_clean(timeout: float = 30.0, poll: float = 0.5) -> list[str]:

@@ -75,7 +75,10 @@ def _train_workers():
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
-    cfg = config(tmp_path, "killed", "total_kimg=0.96", "eval.every_kimg=0.16", "resources.workers=2")
+    # with power-EMA profiles and one checkpoint kept: the profiles resume too, and their snapshots sit in the run
+    # folder outside Ray's checkpoint retention
+    cfg = config(tmp_path, "killed", "total_kimg=0.96", "eval.every_kimg=0.16", "resources.workers=2",
+                 "ema.kind=power", "keep_checkpoints=1")
     trainer = build_trainer(cfg, "proxy_fd64")
     out = {}
     thread = threading.Thread(target=lambda: out.setdefault("result", trainer.fit()))
@@ -97,6 +100,14 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
     assert final["start_step"] in (10, 20)
     assert result.checkpoint.path.rstrip("/").endswith("step_000000060")
     assert math.isfinite(final["proxy_fd64"]) and final["eval_samples"] == 10
+    from spd_tune.checkpoint import load_checkpoint
+    from spd_tune.train.averaging import find_snapshots
+
+    found = find_snapshots(run_dir / "ema")
+    assert [(s.step, s.sigma_rel) for s, _ in found] == [(st, sr) for st in range(10, 61, 10) for sr in (0.05, 0.10)]
+    assert len(list(run_dir.glob("step_*"))) <= 2  # Ray pruned its checkpoints, not the snapshots
+    last = load_checkpoint(found[-1][1])
+    assert last.extra["step"] == 60 and last.extra["ema"] == {"kind": "power", "sigma_rel": 0.10}
 
 
 def test_a_train_run_whose_trial_has_gone_reserves_no_workers(ray_cluster, tmp_path):

@@ -19,6 +19,7 @@ from ..cli import Parser, run_main
 from ..cluster import check_storage, check_storage_path, driver_resources, ensure_ray
 from ..data import check_available
 from ..errors import ConfigError
+from ..train.averaging import snapshot_plan
 from ..train.config import resolve_on_driver
 from ..train.evaluation import resolved_metric_name
 from .plan import Layout, concurrency, search_exists
@@ -130,6 +131,9 @@ def describe(space: Space, layout: Layout, max_concurrent: int | None = None) ->
         lines.append(f"  {name:<8} {spec.type:<12} {rng}{' log' if spec.log else ''}  -> {spec.path}")
     lines.append(f"  first trial (the config's own values): {space.default_point()}")
     lines.append(f"  ASHA rungs at kimg {space.rungs()} (evaluate + checkpoint at each)")
+    ema = snapshot_plan(space.train)
+    if ema:
+        lines.append(f"  {ema}")
     r = space.train.resources
     lines.append(f"resources per trial: {r.workers} workers x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU)"
                  + (f"; {max_concurrent} trials at once" if max_concurrent else ""))

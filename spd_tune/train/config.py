@@ -69,12 +69,33 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class EMAConfig:
+    """How the evaluated (and exported) weights average the trained ones.
+
+    ``rate``: the classic EMA of decay ``rate``. ``power``: EDM2's power-function averages of relative widths
+    ``sigma_rels``, snapshotted every ``snapshot_kimg`` into the run's ``ema/`` folder, so that the post-hoc
+    stage can rebuild any other width from them (core/ema.py); rungs and checkpoints use ``eval_sigma_rel``."""
+
+    kind: Literal["rate", "power"] = "rate"
     rate: float = 0.9999
     warmup: bool = True  # rate_n = min(rate, (1 + n) / (10 + n)): short runs are not stuck near the init
+    sigma_rels: tuple[float, ...] = (0.05, 0.10)  # EDM2's two stored profiles
+    eval_sigma_rel: float = 0.10  # the profile rungs compare, one of sigma_rels: like with like across trials
+    snapshot_kimg: float = 0.0  # 0: a snapshot at every evaluation
 
     def __post_init__(self) -> None:
         if not 0 <= self.rate < 1:
             raise ConfigError(f"ema.rate={self.rate} must be in [0, 1)")
+        limit = math.sqrt(1 / 12)
+        if not self.sigma_rels or any(not 0 < s < limit for s in self.sigma_rels):
+            raise ConfigError(f"ema.sigma_rels={list(self.sigma_rels)} must be one or more values in "
+                              f"(0, {limit:.4f})")
+        if len(set(self.sigma_rels)) != len(self.sigma_rels):
+            raise ConfigError(f"ema.sigma_rels={list(self.sigma_rels)} repeats a value")
+        if self.eval_sigma_rel not in self.sigma_rels:
+            raise ConfigError(f"ema.eval_sigma_rel={self.eval_sigma_rel} must be one of ema.sigma_rels="
+                              f"{list(self.sigma_rels)}: rungs evaluate a profile that training tracks")
+        if self.snapshot_kimg < 0:
+            raise ConfigError(f"ema.snapshot_kimg={self.snapshot_kimg} must be >= 0 (0: at every evaluation)")
 
 
 @dataclass(frozen=True)
@@ -214,6 +235,17 @@ class TrainConfig:
             points.add(k)
             k += self.eval.every_kimg
         return sorted({min(total, math.ceil(p * 1000 / self.batch - 1e-9)) for p in points if p <= self.total_kimg})
+
+    def snapshot_steps(self) -> list[int]:
+        """The steps after which a power-EMA run stores its profiles' snapshots: every ``ema.snapshot_kimg``
+        (or at every evaluation) and always at the end, where the post-hoc stage reconstructs."""
+        if self.ema.kind != "power":
+            return []
+        if not self.ema.snapshot_kimg:
+            return self.evaluation_steps()
+        total = self.total_steps()
+        every = max(1, round(self.ema.snapshot_kimg * 1000 / self.batch))
+        return sorted({*range(every, total + 1, every), total})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

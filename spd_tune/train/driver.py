@@ -22,6 +22,7 @@ from ..cluster import Storage, check_fits, check_storage, check_storage_path, en
 from ..core.checkpoint import load_checkpoint
 from ..data import check_available
 from ..errors import ConfigError
+from .averaging import snapshot_plan
 from .config import TrainConfig, resolve_on_driver
 from .evaluation import resolved_metric_name
 from .loop import train_loop_per_worker
@@ -65,6 +66,7 @@ def plan(cfg: TrainConfig) -> str:
         f"({cfg.per_worker_batch} per worker x {r.workers} workers x {cfg.accumulation} accumulation)",
         f"workers: {r.workers} x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU)",
         f"evaluation + checkpoint at kimg: {evals}",
+        *filter(None, [snapshot_plan(cfg)]),
         f"writes: {Path(cfg.output) / cfg.name}",
     ])
 

@@ -8,7 +8,6 @@ checkpoint left it, without saving any worker's RNG state.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import time
@@ -23,6 +22,7 @@ from ..core.flops import peak_bf16_flops, train_flops_per_image
 from ..core.unet import UNet
 from ..data import ShardedBatches, load_images
 from ..typed import from_dict
+from .averaging import Averages
 from .config import TrainConfig
 from .evaluation import Evaluator
 from .session import CHECKPOINT_FILE, RaySession, Session
@@ -32,11 +32,6 @@ def derived_seed(*parts: int) -> int:
     """A 63-bit seed from integers, stable across processes and Python versions."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
-
-
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, rate: float) -> None:
-    ema_params = list(ema.parameters())
-    torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - rate)
 
 
 @dataclass(frozen=True)
@@ -60,29 +55,26 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.optim.lr * (min(1.0, cfg.kimg_at(step) / warmup) if warmup else 1.0)
 
 
-def ema_rate(cfg: TrainConfig, step: int) -> float:
-    return min(cfg.ema.rate, (1 + step) / (10 + step)) if cfg.ema.warmup else cfg.ema.rate
-
-
-def restore(session: Session, net, ema, opt, cfg: TrainConfig, device) -> tuple[int, dict | None]:
+def restore(session: Session, net, averages: Averages, opt, cfg: TrainConfig, device) -> tuple[int, dict | None]:
     """Load the latest registered checkpoint, if any: (the step to start from, the metrics it was saved with)."""
     with session.latest_checkpoint() as ckpt_dir:
         if ckpt_dir is None:
             return 0, None
         state = load_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE, map_location=device)
         net.load_state_dict(state.model)
-        ema.load_state_dict(state.ema)
+        averages.load(state)
         opt.load_state_dict(state.extra["optimizer"])
     step = int(state.extra["step"])
     session.log(f"resumed from step {step} ({cfg.kimg_at(step):.3f} kimg)")
     return step, {"kimg": cfg.kimg_at(step), "step": step, "start_step": step, **state.extra.get("metric", {})}
 
 
-def training_state(cfg: TrainConfig, net, ema, opt, step: int, metric: dict) -> Checkpoint:
-    """The full state a run resumes from exactly: weights, EMA, optimiser, progress and the run's config."""
-    return Checkpoint(unet=net.config, process=cfg.process, model=net.state_dict(), ema=ema.state_dict(),
+def training_state(cfg: TrainConfig, net, averages: Averages, opt, step: int, metric: dict) -> Checkpoint:
+    """The full state a run resumes from exactly: weights, averages, optimiser, progress and the run's config."""
+    return Checkpoint(unet=net.config, process=cfg.process, model=net.state_dict(),
+                      ema=averages.evaluated().state_dict(),
                       extra={"optimizer": opt.state_dict(), "step": step, "kimg": cfg.kimg_at(step),
-                             "config": cfg.to_dict(), "metric": metric})
+                             "config": cfg.to_dict(), "metric": metric, **averages.state()})
 
 
 def report_divergence(session: Session, cfg: TrainConfig, metric: str, loss: float, step: int, start: int,
@@ -106,10 +98,10 @@ def run_worker(cfg: TrainConfig, session: Session) -> None:
     # --- network, EMA, optimiser; resume from the latest checkpoint
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     net = UNet(cfg.unet).to(device, memory_format=memory_format)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    averages = Averages(cfg, net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                             weight_decay=cfg.optim.weight_decay, fused=gpu or None)
-    start_step, last_metrics = restore(session, net, ema, opt, cfg, device)
+    start_step, last_metrics = restore(session, net, averages, opt, cfg, device)
     model = session.prepare_model(net)
     if cfg.compile:
         model = torch.compile(model)
@@ -154,8 +146,11 @@ def run_worker(cfg: TrainConfig, session: Session) -> None:
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        ema_update(ema, net, ema_rate(cfg, step))
+        averages.update(net, step)
         images_seen += cfg.batch
+        if rank == 0:
+            for name, snapshot in averages.snapshots(step + 1):
+                session.save_snapshot(name, snapshot)
 
         # --- status line
         now = time.perf_counter()
@@ -177,13 +172,13 @@ def run_worker(cfg: TrainConfig, session: Session) -> None:
         session.log(f"evaluating at {cfg.kimg_at(done):.3f} kimg: {cfg.eval.samples} samples, "
                     f"{cfg.eval.sampler} sampler, {cfg.eval.sampler_steps or cfg.process.steps} steps")
         eval_start = time.perf_counter()
-        value, scored, grid = evaluator(ema, schedule)
+        value, scored, grid = evaluator(averages.evaluated(), schedule)
         metrics = {"kimg": cfg.kimg_at(done), "step": done, "start_step": start_step, "loss": loss_value, "lr": lr,
                    "img_per_s": images_seen / max(elapsed, 1e-9), "eval_s": time.perf_counter() - eval_start,
                    "eval_samples": scored, "nfe": evaluator.nfe(schedule), evaluator.metric: value}
         state = None
         if rank == 0:
-            state = training_state(cfg, net, ema, opt, done, {evaluator.metric: value})
+            state = training_state(cfg, net, averages, opt, done, {evaluator.metric: value})
             session.log(f"{evaluator.metric} {value:.4f} at {cfg.kimg_at(done):.3f} kimg")
         try:
             session.report(metrics, state, grid, name=f"step_{done:09d}", fault=faults.checkpoint_write(

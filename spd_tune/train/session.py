@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import Checkpoint, WriteFault, save_checkpoint
+from .averaging import SNAPSHOT_DIR
 
 CHECKPOINT_FILE = "checkpoint.pt"
 GRID_FILE = "samples.png"
@@ -52,6 +53,10 @@ class Session:
         """Metrics (every rank) and, from rank 0, a checkpoint; ``fault`` injects a failing write."""
         raise NotImplementedError
 
+    def save_snapshot(self, name: str, state: Checkpoint) -> None:
+        """An EMA snapshot (train/averaging.py) into the run's ema/ folder, outside checkpoint retention."""
+        raise NotImplementedError
+
     def log(self, message: str) -> None:
         if self.rank == 0:
             print(f"[spd-tune] {message}", flush=True)
@@ -79,6 +84,9 @@ class LocalSession(Session):
         self.history.append(dict(metrics))
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
+
+    def save_snapshot(self, name, state):
+        save_checkpoint(self.run_dir / SNAPSHOT_DIR / name, state)
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -130,3 +138,16 @@ class RaySession(Session):
                 write_checkpoint_dir(Path(tmp), state, grid, fault)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+    def save_snapshot(self, name, state):
+        import pyarrow.fs
+
+        import ray.train
+
+        storage = ray.train.get_context().get_storage()  # the run's own folder, local or in a bucket
+        with tempfile.TemporaryDirectory() as tmp:
+            local = save_checkpoint(Path(tmp) / name, state)
+            folder = f"{storage.experiment_fs_path}/{SNAPSHOT_DIR}"
+            storage.storage_filesystem.create_dir(folder, recursive=True)
+            pyarrow.fs.copy_files(str(local), f"{folder}/{name}", source_filesystem=pyarrow.fs.LocalFileSystem(),
+                                  destination_filesystem=storage.storage_filesystem)
