@@ -100,7 +100,7 @@ def test_the_package_keeps_the_rule():
 
 
 def test_the_layers_are_there():
-    for layer in ("core", "data", "fid", "train", "search", "cluster"):
+    for layer in ("core", "data", "fid", "train", "posthoc", "search", "cluster"):
         assert (ROOT / "spd_tune" / layer / "__init__.py").is_file(), layer
     for command in ("search", "train", "fid", "cluster"):
         assert (ROOT / "spd_tune" / command / "__main__.py").is_file(), command
