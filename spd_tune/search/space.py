@@ -99,6 +99,41 @@ class FinalConfig:
 
 
 @dataclass(frozen=True)
+class PosthocConfig:
+    """After the ASHA phase: per finalist, a small seeded Optuna study over what needs no training (the EMA width,
+    the sampler, K and eta), evaluated on the finalist's trained weights (docs/search.md)."""
+
+    enabled: bool = False
+    evaluations: int = 8  # per finalist
+    batch: int = 4  # asked and told together, in trial order: the same seeds give the same post-hoc trials
+    samplers: tuple[SamplerKind, ...] = ("ancestral", "ddim")
+    k_min: int = 10  # K in [k_min, min(T, k_max)], log scale
+    k_max: int | None = None
+    eta: tuple[float, float] = (0.0, 1.0)  # DDIM's eta range
+    sigma_rel: tuple[float, float] | None = None  # the EMA width range (power EMA only); None: the rung profile
+    samples: int | None = None  # default: the rung protocol's eval.samples and eval.seed
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.evaluations < 1 or self.batch < 1:
+            raise ConfigError(f"search.posthoc needs evaluations >= 1 and batch >= 1 (got {self.evaluations}, "
+                              f"{self.batch})")
+        if not self.samplers or len(set(self.samplers)) != len(self.samplers):
+            raise ConfigError(f"search.posthoc.samplers={list(self.samplers)} must name 'ancestral' and/or 'ddim' "
+                              "once each")
+        if self.k_min < 1 or (self.k_max is not None and self.k_max < self.k_min):
+            raise ConfigError(f"search.posthoc needs 1 <= k_min <= k_max (got {self.k_min}, {self.k_max})")
+        lo, hi = self.eta
+        if not 0 <= lo <= hi <= 1:
+            raise ConfigError(f"search.posthoc.eta={list(self.eta)} must be a range within [0, 1]")
+        if self.sigma_rel is not None and not 0 < self.sigma_rel[0] < self.sigma_rel[1] < math.sqrt(1 / 12):
+            raise ConfigError(f"search.posthoc.sigma_rel={list(self.sigma_rel)} must be a range (low < high) "
+                              f"within (0, {math.sqrt(1 / 12):.4f})")
+        if self.samples is not None and self.samples < 2:
+            raise ConfigError(f"search.posthoc.samples={self.samples} must be >= 2 (a covariance needs two)")
+
+
+@dataclass(frozen=True)
 class MultiObjectiveConfig:
     """Search the score against sampling cost (NFE) as a Pareto front."""
 
@@ -117,6 +152,7 @@ class SearchConfig:
     enqueue_defaults: bool = True  # the training config's own values (the paper's point) are the first trial
     asha: ASHAConfig = ASHAConfig()
     final: FinalConfig = FinalConfig()
+    posthoc: PosthocConfig = PosthocConfig()
     multi_objective: MultiObjectiveConfig = MultiObjectiveConfig()
 
     def __post_init__(self) -> None:
@@ -212,9 +248,36 @@ def load_space(name_or_path: str, overrides: list[str] = (), output: str | None 
                               f"outside the searched range; widen the range or set search.enqueue_defaults: false")
     if search.asha.max_kimg is not None and search.asha.max_kimg > train.total_kimg:
         raise ConfigError(f"search.asha.max_kimg={search.asha.max_kimg} exceeds train.total_kimg={train.total_kimg}")
+    check_posthoc(space)
     train = dataclasses.replace(train, total_kimg=space.max_kimg,
                                 eval=dataclasses.replace(train.eval, at_kimg=tuple(space.rungs())))
     return dataclasses.replace(space, train=train, metric=expected_metric_name(train))
+
+
+def lowest_steps(space: Space) -> int:
+    """The smallest T any trial of the space can have."""
+    for spec in space.search.params.values():
+        if spec.path == "process.steps":
+            return int(min(spec.choices) if spec.type == "categorical" else spec.low)
+    return space.train.process.steps
+
+
+def check_posthoc(space: Space) -> None:
+    """What a post-hoc section asks must be possible for every trial the space allows."""
+    ph = space.search.posthoc
+    if not ph.enabled:
+        return
+    t_min = lowest_steps(space)
+    if ph.k_min > t_min:
+        raise ConfigError(f"search.posthoc.k_min={ph.k_min} is above the lowest T the space allows ({t_min}): "
+                          "K can never exceed T")
+    if ph.sigma_rel is not None:
+        searched_kind = any(spec.path == "ema.kind" for spec in space.search.params.values())
+        if space.train.ema.kind != "power" or searched_kind:
+            raise ConfigError("search.posthoc.sigma_rel searches the EMA width, which needs train.ema.kind: power "
+                              "in every trial (set it, or set search.posthoc.sigma_rel: null)")
+    raise ConfigError("search.posthoc.enabled: the search has no post-hoc stage yet; score a finished run's "
+                      "weights with spd_tune.posthoc.evaluate_point (docs/training.md)")
 
 
 def _probes(spec: ParamSpec) -> list:
