@@ -61,13 +61,13 @@ class PowerEMA:
     def update(self, module: torch.nn.Module, step: int) -> None:
         """Fold in the weights after optimiser step ``step`` (1-based, counted from the start of the run)."""
         current = module.state_dict()
+        floats = [k for k, v in current.items() if v.is_floating_point()]
+        others = [k for k, v in current.items() if not v.is_floating_point()]
+        sources = [current[k] for k in floats]
         for gamma, average in zip(self.gammas, self.averages):
-            beta = power_beta(step, gamma)
-            floats = [k for k, v in average.items() if v.is_floating_point()]
-            torch._foreach_lerp_([average[k] for k in floats], [current[k].detach() for k in floats], 1.0 - beta)
-            for k, v in average.items():
-                if not v.is_floating_point():  # integer buffers (e.g. counters) follow the model
-                    v.copy_(current[k])
+            torch._foreach_lerp_([average[k] for k in floats], sources, 1.0 - power_beta(step, gamma))
+            for k in others:  # integer buffers (e.g. counters) follow the model
+                average[k].copy_(current[k])
 
     def state_dict(self) -> dict:
         return {"sigma_rels": list(self.sigma_rels), "averages": self.averages}
