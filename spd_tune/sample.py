@@ -2,7 +2,10 @@
 
     python -m spd_tune.sample CHECKPOINT --n 10000 --steps 100 --out samples.npz
 
-The file holds ``images`` (uint8 [N, H, W, 3], rounded as the FID reference is) and ``seeds``;
+A search's ``best/model.pt`` carries the sampling its champion was chosen with (sampler, steps, eta): each of
+``--sampler``, ``--steps`` and ``--eta`` not given is taken from there; other checkpoints default to the
+ancestral sampler at all T steps. The file holds ``images`` (uint8 [N, H, W, 3], rounded as the FID reference
+is) and ``seeds``;
 ``python -m spd_tune.fid score samples.npz --ref cifar10`` scores it.
 """
 
@@ -44,13 +47,31 @@ def sample_checkpoint(path: str | Path, n: int, *, sampler: SamplerConfig, first
     return out, seeds
 
 
+def saved_sampling(path: str | Path) -> dict:
+    """The sampling a checkpoint was exported with (a search's champion), or {}."""
+    return dict(load_checkpoint(path, mmap=True).extra.get("sampling") or {})
+
+
+def resolve_sampler(saved: dict, sampler: str | None, steps: int | None, eta: float | None) -> SamplerConfig:
+    """Each field from its flag when given, else from the checkpoint's saved sampling, else the default
+    (ancestral at all T steps); eta applies to DDIM only."""
+    kind = sampler or saved.get("sampler") or "ancestral"
+    steps = steps if steps is not None else saved.get("steps")
+    if eta is None:
+        eta = saved.get("eta", 0.0) if kind == saved.get("sampler") else 0.0
+    return SamplerConfig(kind, steps=steps, eta=float(eta) if kind == "ddim" else 0.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m spd_tune.sample", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
     p.add_argument("--n", type=int, required=True, help="number of images")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps K (default: all T)")
-    p.add_argument("--sampler", choices=["ancestral", "ddim"], default="ancestral")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps K (default: the checkpoint's saved sampling, else all T)")
+    p.add_argument("--sampler", choices=["ancestral", "ddim"], default=None,
+                   help="default: the checkpoint's saved sampling, else ancestral")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM noise, 0: deterministic (default: the checkpoint's saved sampling, else 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -64,15 +85,18 @@ def main(argv: list[str] | None = None) -> int:
 def _write_samples(args) -> int:
     if args.n < 1 or args.batch_size < 1:
         raise ValueError("--n and --batch-size must be positive")
-    sampler = SamplerConfig(args.sampler, steps=args.steps, eta=args.eta)
+    sampler = resolve_sampler(saved_sampling(args.checkpoint), args.sampler, args.steps, args.eta)
+    if args.eta and sampler.kind != "ddim":
+        raise ValueError("--eta applies to the DDIM sampler only (add --sampler ddim)")
     images, seeds = sample_checkpoint(args.checkpoint, args.n, sampler=sampler, first_seed=args.seed,
                                       batch_size=args.batch_size, device=args.device,
                                       use_ema=not args.no_ema, bf16=args.bf16, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "sampler": args.sampler, "steps": args.steps,
-            "eta": args.eta, "ema": not args.no_ema}
+    meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "sampler": sampler.kind, "steps": sampler.steps,
+            "eta": sampler.eta, "ema": not args.no_ema}
     np.savez(args.out, images=images, seeds=seeds, meta=json.dumps(meta))
-    print(f"wrote {len(images)} images to {args.out}")
+    print(f"wrote {len(images)} images to {args.out} ({sampler.kind}, "
+          f"{sampler.steps or 'all T'} steps{f', eta {sampler.eta:g}' if sampler.kind == 'ddim' else ''})")
     return 0
 
 

@@ -118,7 +118,8 @@ def test_a_job_submitted_search_scales_up_gpu_yamls_worker_type(fake_autoscaling
     sets = ["train.data.demo_count=256", "train.batch=16", "train.total_kimg=0.32", "train.eval.every_kimg=0.16",
             "train.eval.samples=16", "train.eval.sampler_steps=4", "train.eval.ref_count=32", "train.eval.grid=4",
             "train.log_every_s=1000", "train.resources.custom={accelerator_type:A10G: 1}",
-            "search.asha.grace_kimg=0.32", "search.asha.max_kimg=0.32", "search.final.top_k=0", "search.trials=2",
+            "search.asha.grace_kimg=0.32", "search.asha.max_kimg=0.32", "search.final.top_k=0",
+            "search.posthoc.enabled=false", "search.trials=2",
             f"train.data.cache_dir={tmp_path / 'cache'}"]
     entrypoint = [sys.executable, "-m", "spd_tune.search", "demo", "--address", "auto", "--output",
                   str(tmp_path / "out"), "--storage-path", str(tmp_path / "shared"), "--shared-storage"]

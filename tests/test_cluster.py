@@ -163,7 +163,7 @@ MULTINODE = [
     "train.data.demo_count=256", "train.batch=16", "train.total_kimg=1.28", "train.eval.every_kimg=0.16",
     "train.eval.samples=16", "train.eval.sampler_steps=4", "train.eval.ref_count=32", "train.eval.grid=4",
     "train.log_every_s=1000", "train.resources.custom={trainer_slot: 1}", "search.asha.grace_kimg=1.28",
-    "search.asha.max_kimg=1.28", "search.final.top_k=0",
+    "search.asha.max_kimg=1.28", "search.final.top_k=0", "search.posthoc.enabled=false",
 ]
 
 

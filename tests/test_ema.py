@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from spd_tune.core.ema import (PowerEMA, Snapshot, gamma_of, power_beta, reconstruct, reconstruction_coefficients,
-                               sigma_rel_of)
+from spd_tune.core.ema import (
+    PowerEMA,
+    Snapshot,
+    gamma_of,
+    power_beta,
+    reconstruct,
+    reconstruction_coefficients,
+    sigma_rel_of,
+)
 
 
 @pytest.mark.parametrize("sigma_rel", [0.01, 0.05, 0.10, 0.2, 0.28])

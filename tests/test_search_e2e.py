@@ -1,5 +1,6 @@
 """A real tiny search end to end: Ray Tune over Ray Train, a real Optuna SQLite study, a real MLflow store."""
 
+import json
 import math
 
 import optuna
@@ -16,8 +17,10 @@ TINY = [
     "train.data.demo_count=256", "train.batch=16", "train.total_kimg=0.64", "train.eval.samples=16",
     "train.eval.sampler_steps=4", "train.eval.ref_count=32", "train.eval.grid=4", "train.log_every_s=1000",
     "search.asha.grace_kimg=0.16", "search.asha.max_kimg=0.64", "search.final.top_k=2", "search.final.samples=16",
-    "search.final.sampler_steps=4", f"search.trials={TRIALS}",
+    "search.final.sampler_steps=4", "search.posthoc.evaluations=2", "search.posthoc.k_min=2",
+    "search.posthoc.k_max=6", f"search.trials={TRIALS}",
 ]
+POSTHOC_EVALUATIONS = 2
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,6 @@ def test_every_trial_is_in_tune_optuna_and_mlflow(finished_search):
 
 
 def test_champion_is_copied_loadable_and_registered(finished_search):
-    import json
-
     best = finished_search / "best"
     info = json.loads((best / "champion.json").read_text())
     finals = [f["final_proxy_fd64"] for f in info["finalists"]]
@@ -102,7 +103,8 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
 
     trials = 4
     args = [sys.executable, "-m", "spd_tune.search", "demo", "--output", str(tmp_path)]
-    for item in [*TINY[:-1], f"search.trials={trials}", f"train.data.cache_dir={tmp_path / 'cache'}"]:
+    for item in [*TINY[:-1], f"search.trials={trials}", "search.posthoc.enabled=false",
+                 f"train.data.cache_dir={tmp_path / 'cache'}"]:
         args += ["--set", item]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
     root = tmp_path / "demo"
@@ -131,12 +133,13 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
     assert len(children) == trials == len({c.data.tags["spd_tune.trial_id"] for c in children})
     assert all(r.info.status != "RUNNING" for r in runs)
     assert (root / "best" / "model.pt").is_file()
+    # search.posthoc.enabled: false is the search without the stage: no post-hoc study, no chosen sampling
+    assert not _posthoc_studies(root / "optuna.db")
+    assert not {"ema", "sampling"} & set(json.loads((root / "best" / "champion.json").read_text()))
 
 
 def test_multi_objective_search_logs_a_pareto_front(ray_cluster, tmp_path):
-    import json
-
-    items = [*TINY[:-1], "search.trials=3", "search.final.top_k=0", "search.multi_objective.enabled=true",
+    items = [*TINY[:-1], "search.trials=3", "search.final.top_k=1", "search.multi_objective.enabled=true",
              "train.eval.sampler_steps=null", f"train.data.cache_dir={tmp_path / 'cache'}"]
     args = ["demo", "--output", str(tmp_path)] + [arg for item in items for arg in ("--set", item)]
     assert main(args) == 0
@@ -155,3 +158,133 @@ def test_multi_objective_search_logs_a_pareto_front(ray_cluster, tmp_path):
     front = json.loads(open(front_file).read())
     champion = json.loads((root / "best" / "champion.json").read_text())
     assert front and champion["trial_id"] in {p["trial_id"] for p in front}
+    # the post-hoc front is added to the trials' front, each point labelled with its stage
+    assert {p["stage"] for p in front} <= {"asha", "posthoc"} and all(p["nfe"] >= 1 for p in front)
+    assert "posthoc/front.json" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "posthoc")}
+    assert champion["sampling"]["steps"] <= max(t.params["T"] for t in study.trials)
+
+
+def _posthoc_studies(db) -> dict[str, optuna.Study]:
+    storage = f"sqlite:///{db}"
+    return {name.rsplit("/", 1)[1]: optuna.load_study(study_name=name, storage=storage)
+            for name in optuna.get_all_study_names(storage) if name.startswith("demo/posthoc/")}
+
+
+def test_posthoc_stage_contract(finished_search):
+    """Post-hoc results reach Optuna, MLflow, champion.json, model.pt, the registry and the sample CLI."""
+    import numpy as np
+
+    from spd_tune.sample import main as sample_main
+
+    root = finished_search
+    info = json.loads((root / "best" / "champion.json").read_text())
+    finalists = [f["trial_id"] for f in info["finalists"]]
+    studies = _posthoc_studies(root / "optuna.db")
+    assert set(studies) == set(finalists)
+    for study in studies.values():  # each finalist's own seeded study, run to its number of evaluations
+        assert len(study.trials) == POSTHOC_EVALUATIONS
+        assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
+        assert all(2 <= t.params["steps"] <= 6 for t in study.trials)
+    # the champion is a (trial, EMA, sampler) triple, judged at its plain and its best post-hoc point
+    assert info["ema"]["kind"] == "power" and 0.04 <= info["ema"]["sigma_rel"] <= 0.2
+    assert set(info["sampling"]) == {"sampler", "steps", "eta"} and info["sampling"]["sampler"] in ("ancestral", "ddim")
+    for f in info["finalists"]:
+        assert {"plain", "posthoc"} <= set(f) and f["chosen"] in ("plain", "posthoc")
+        assert f["final_proxy_fd64"] == f[f["chosen"]]["final_proxy_fd64"]
+        assert f["plain"]["sampling"] == {"sampler": "ddim", "steps": 4, "eta": 0.0}  # the final protocol's own
+        assert f["plain"]["ema"] == {"kind": "power", "sigma_rel": 0.1}  # the rung profile
+    state = load_checkpoint(root / "best" / "model.pt")  # weights_only loading
+    assert state.extra["ema"] == info["ema"] and state.extra["sampling"] == info["sampling"]
+    # the sample CLI uses the saved sampling unless a flag overrides it
+    out = root / "samples.npz"
+    assert sample_main([str(root / "best" / "model.pt"), "--n", "2", "--out", str(out), "--device", "cpu"]) == 0
+    meta = json.loads(str(np.load(out)["meta"]))
+    chosen = info["sampling"]
+    assert (meta["sampler"], meta["steps"], meta["eta"]) == (chosen["sampler"], chosen["steps"], chosen["eta"])
+    assert sample_main([str(root / "best" / "model.pt"), "--n", "2", "--out", str(out), "--device", "cpu",
+                        "--sampler", "ancestral", "--steps", "3"]) == 0
+    meta = json.loads(str(np.load(out)["meta"]))
+    assert (meta["sampler"], meta["steps"], meta["eta"]) == ("ancestral", 3, 0.0)
+    # MLflow: no new runs; the finalists' runs hold their post-hoc evaluations, the parent the front
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("demo")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == TRIALS + 1
+    by_trial = {r.data.tags.get("spd_tune.trial_id"): r for r in runs}
+    for trial_id in finalists:
+        run_id = by_trial[trial_id].info.run_id
+        history = client.get_metric_history(run_id, "posthoc_proxy_fd64")
+        assert sorted(m.step for m in history) == list(range(POSTHOC_EVALUATIONS))
+        assert "posthoc.json" in {a.path for a in client.list_artifacts(run_id)}
+        assert {"final_proxy_fd64_plain", "final_proxy_fd64_posthoc"} <= set(client.get_run(run_id).data.metrics)
+    parent = next(r for r in runs if r.data.tags.get("spd_tune.role") == "search")
+    assert {"posthoc/front.json", "posthoc/front.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "posthoc")}
+    version = client.get_model_version_by_alias("spd-tune-demo", "champion")
+    assert json.loads(version.tags["ema"]) == info["ema"] and json.loads(version.tags["sampling"]) == info["sampling"]
+    # snapshots are kept for the finalists only
+    for trial_id in by_trial:
+        if trial_id:
+            assert (root / "ray" / f"train-{trial_id}" / "ema").is_dir() == (trial_id in finalists), trial_id
+
+
+def _told_posthoc_trials(db) -> int:
+    """Told trials of the post-hoc studies, read without touching the schema (see _finished_trials)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            row = con.execute("SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE study_name LIKE "
+                              "'demo/posthoc/%' AND state IN ('COMPLETE', 'FAIL')").fetchone()
+        return int(row[0])
+    except sqlite3.Error:
+        return 0
+
+
+def test_resume_during_the_posthoc_stage(ray_cluster, tmp_path):
+    """A driver killed between post-hoc evaluations: --resume continues the studies from their storage, with no
+    evaluation repeated and no finalist skipped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    evaluations = 6
+    items = [*TINY[:-1], "search.trials=2", "search.asha.grace_kimg=0.64", f"search.posthoc.evaluations={evaluations}",
+             "search.posthoc.batch=1", "search.posthoc.k_min=20", "search.posthoc.k_max=50",
+             "search.posthoc.samples=64", "search.posthoc.seed=3000000", f"train.data.cache_dir={tmp_path / 'cache'}"]
+    args = [sys.executable, "-m", "spd_tune.search", "demo", "--output", str(tmp_path)]
+    args += [arg for item in items for arg in ("--set", item)]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
+    root = tmp_path / "demo"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 420
+        while time.time() < deadline and _told_posthoc_trials(root / "optuna.db") < 1 and first.poll() is None:
+            time.sleep(0.2)
+        assert first.poll() is None, "the search ended before it could be interrupted"
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    told_before = _told_posthoc_trials(root / "optuna.db")
+    assert 1 <= told_before < 2 * evaluations
+    time.sleep(3)
+    resumed = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    (tmp_path / "resumed.log").write_text(resumed.stdout + resumed.stderr)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    studies = _posthoc_studies(root / "optuna.db")
+    assert len(studies) == 2  # no finalist skipped
+    for study in studies.values():
+        states = [t.state for t in study.trials]
+        assert states.count(optuna.trial.TrialState.COMPLETE) == evaluations, states  # none repeated or lost
+        assert optuna.trial.TrialState.RUNNING not in states
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    for run in runs:
+        if run.data.tags.get("spd_tune.trial_id") in studies:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "posthoc_proxy_fd64")]
+            assert sorted(steps) == list(range(evaluations)), steps  # each evaluation logged once
+    info = json.loads((root / "best" / "champion.json").read_text())
+    assert {"ema", "sampling"} <= set(info)

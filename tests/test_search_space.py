@@ -151,14 +151,17 @@ def test_custom_resources_are_checked_against_the_clusters_names():
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["search.posthoc.enabled=true", "search.posthoc.k_min=300"], "k_min=300 is above the lowest T the space allows"),
+    (["search.posthoc.k_min=300", "search.posthoc.k_max=null"], "k_min=300 is above the lowest T the space allows"),
     (["search.posthoc.samplers=[euler]"], "must be one of"),
     (["search.posthoc.evaluations=-1"], "evaluations >= 1"),
     (["search.posthoc.batch=0"], "batch >= 1"),
     (["search.posthoc.eta=[0.5, 0.2]"], "eta"),
     (["search.posthoc.sigma_rel=[0.2, 0.03]"], "sigma_rel"),
-    (["search.posthoc.enabled=true", "search.posthoc.sigma_rel=[0.03, 0.2]"], "needs train.ema.kind: power"),
-    (["search.posthoc.enabled=true"], "no post-hoc stage yet"),
+    (["search.posthoc.enabled=true", "train.ema.kind=rate"], "needs train.ema.kind: power"),
+    (["search.posthoc.enabled=true", "search.final.top_k=0"], "needs search.final.top_k >= 1"),
+    (["search.posthoc.enabled=true", "search.final.seed=1000100"], "reuses seeds of train.eval"),
+    (["search.posthoc.enabled=true", "search.posthoc.seed=5000", "search.final.seed=4900"],
+     "reuses seeds of search.posthoc"),
 ])
 def test_bad_posthoc_sections_are_refused_before_ray_starts(sets, message):
     with pytest.raises(ConfigError, match=message):
@@ -166,8 +169,8 @@ def test_bad_posthoc_sections_are_refused_before_ray_starts(sets, message):
 
 
 def test_posthoc_k_min_is_checked_against_the_lowest_searched_t():
-    # cifar10 searches T from 250: k_min 250 passes the range check (and meets the stage's own refusal)
-    with pytest.raises(ConfigError, match="no post-hoc stage yet"):
-        load_space("cifar10", ["search.posthoc.enabled=true", "search.posthoc.k_min=250"])
+    # cifar10 searches T from 250
+    space = load_space("cifar10", ["search.posthoc.enabled=true", "search.posthoc.k_min=250"])
+    assert space.search.posthoc.k_min == 250
     with pytest.raises(ConfigError, match="lowest T the space allows \\(250\\)"):
         load_space("cifar10", ["search.posthoc.enabled=true", "search.posthoc.k_min=251"])

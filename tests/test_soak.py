@@ -26,7 +26,8 @@ SEARCH = [
     "train.data.demo_count=256", "train.batch=16", "train.total_kimg=0.64", "train.eval.samples=16",
     "train.eval.sampler_steps=4", "train.eval.ref_count=32", "train.eval.grid=4", "train.log_every_s=1000",
     "search.asha.grace_kimg=0.16", "search.asha.reduction_factor=4", "search.asha.max_kimg=0.64",
-    "search.final.top_k=0", f"search.trials={TRIALS}", f"search.max_concurrent={AT_ONCE}", "search.startup_trials=6",
+    "search.final.top_k=0", "search.posthoc.enabled=false", f"search.trials={TRIALS}",
+    f"search.max_concurrent={AT_ONCE}", "search.startup_trials=6",
 ]
 
 

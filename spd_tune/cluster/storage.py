@@ -7,6 +7,7 @@ the user declares shared; a local path there would fail at a trial's first check
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,3 +74,20 @@ def check_storage(storage: Storage) -> None:
         f"storage {storage.path} is a local path, but this Ray cluster spans several nodes: give a bucket URI "
         f"(--storage-path s3://bucket/prefix or gs://...; or {STORAGE_ENV}), or, for a file system mounted at "
         f"the same path on every node (NFS, EFS), declare it with --shared-storage ({SHARED_ENV}=1)")
+
+
+def remove_folder(path: str) -> bool:
+    """Delete a folder under the storage (a local path or a bucket URI); False if it was not there."""
+    if "://" not in path or path.startswith("file://"):
+        local = Path(path.removeprefix("file://"))
+        if not local.is_dir():
+            return False
+        shutil.rmtree(local)
+        return True
+    import pyarrow.fs
+
+    fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+    if fs.get_file_info(inner).type != pyarrow.fs.FileType.Directory:
+        return False
+    fs.delete_dir(inner)
+    return True

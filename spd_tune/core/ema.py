@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+
 def sigma_rel_of(gamma: float) -> float:
     """The relative standard deviation of the power-function profile of exponent ``gamma`` (> -1)."""
     if not gamma > -1:

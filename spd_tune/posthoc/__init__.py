@@ -4,6 +4,6 @@ any sampler, scored without retraining (docs/search.md). Free of Ray, Optuna and
     from spd_tune.posthoc import PosthocPoint, evaluate_point
 """
 
-from .evaluate import PosthocPoint, averaged_weights, evaluate_point
+from .evaluate import PosthocPoint, RunFiles, averaged_weights, ema_of, evaluate_point, sampling_of
 
-__all__ = ["PosthocPoint", "averaged_weights", "evaluate_point"]
+__all__ = ["PosthocPoint", "RunFiles", "averaged_weights", "ema_of", "evaluate_point", "sampling_of"]

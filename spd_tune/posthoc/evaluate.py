@@ -48,27 +48,41 @@ def last_checkpoint(run_dir: str | Path) -> Path:
     return found[-1]
 
 
-def averaged_weights(run_dir: str | Path, sigma_rel: float | None) -> tuple[dict[str, torch.Tensor], int]:
+@dataclass(frozen=True)
+class RunFiles:
+    """What a post-hoc evaluation reads of a run: the checkpoint whose EMA weights a point without a width uses,
+    and the folder of the run's power-EMA snapshots."""
+
+    checkpoint: Path
+    snapshots: Path
+
+    @classmethod
+    def of(cls, run_dir: str | Path, checkpoint: str | Path | None = None) -> RunFiles:
+        """A local run folder: its ``ema/`` folder, and ``checkpoint`` (default: its last checkpoint)."""
+        return cls(Path(checkpoint) if checkpoint else last_checkpoint(run_dir), Path(run_dir) / SNAPSHOT_DIR)
+
+
+def averaged_weights(run: RunFiles | str | Path, sigma_rel: float | None) -> tuple[dict[str, torch.Tensor], int]:
     """(weights, step) of the run's average of width ``sigma_rel``, rebuilt at its last snapshot; with None, the
-    EMA weights of its last checkpoint."""
+    EMA weights of its checkpoint."""
+    run = run if isinstance(run, RunFiles) else RunFiles.of(run)
     if sigma_rel is None:
-        state = load_checkpoint(last_checkpoint(run_dir))
+        state = load_checkpoint(run.checkpoint)
         return state.ema if state.ema is not None else state.model, int(state.extra["step"])
-    found = find_snapshots(Path(run_dir) / SNAPSHOT_DIR)
+    found = find_snapshots(run.snapshots)
     if not found:
-        raise CheckpointError(f"no EMA snapshots in {Path(run_dir) / SNAPSHOT_DIR}: the run did not use "
-                              "ema.kind: power")
+        raise CheckpointError(f"no EMA snapshots in {run.snapshots}: the run did not use ema.kind: power")
     last_step = found[-1][0].step
     snapshots = [s for s, _ in found]
     weights = (load_checkpoint(path, mmap=True).model for _, path in found)
     return reconstruct(snapshots, weights, last_step, sigma_rel), last_step
 
 
-def evaluate_point(cfg: TrainConfig, run_dir: str | Path, point: PosthocPoint, *, samples: int, seed: int,
+def evaluate_point(cfg: TrainConfig, run: RunFiles | str | Path, point: PosthocPoint, *, samples: int, seed: int,
                    device: torch.device | str = "cpu") -> dict:
     """Score ``point`` on ``samples`` images with seeds ``seed + i``: {score, nfe, samples, step, point}."""
     device = torch.device(device)
-    weights, step = averaged_weights(run_dir, point.sigma_rel)
+    weights, step = averaged_weights(run, point.sigma_rel)
     model = UNet(cfg.unet)
     model.load_state_dict(weights)
     model = model.to(device).eval()
@@ -79,3 +93,15 @@ def evaluate_point(cfg: TrainConfig, run_dir: str | Path, point: PosthocPoint, *
     value, scored, _ = evaluator(model, schedule)
     return {"score": value, "metric": evaluator.metric, "nfe": evaluator.nfe(schedule), "samples": scored,
             "step": step, "point": point.as_dict()}
+
+
+def ema_of(cfg: TrainConfig, sigma_rel: float | None) -> dict:
+    """champion.json's "ema": the average a point uses (None: the run's own, the profile its rungs scored)."""
+    if cfg.ema.kind == "power":
+        return {"kind": "power", "sigma_rel": float(sigma_rel if sigma_rel is not None else cfg.ema.eval_sigma_rel)}
+    return {"kind": "rate", "rate": cfg.ema.rate}
+
+
+def sampling_of(point: PosthocPoint, steps: int) -> dict:
+    """champion.json's "sampling": the sampler, its K as the number of steps it really takes, and eta."""
+    return {"sampler": point.sampler.kind, "steps": int(steps), "eta": float(point.sampler.eta)}

@@ -4,16 +4,20 @@ Ray Tune runs one function trainable per trial, which launches that trial's Ray 
 ``train-<trial id>``, so a restarted trial resumes its own run). OptunaSearch (seeded TPE, persistent SQLite
 study, the training config's own point first) proposes trials; ASHA stops poor ones at the kimg rungs, where
 every trial evaluates and checkpoints; stopped trials reach Optuna as PRUNED with their intermediate values.
-MLflow is written by one driver-side callback. The champion's checkpoint is copied to ``<output>/best/`` and
-registered in the MLflow Model Registry.
+MLflow is written by one driver-side callback. After the ASHA phase, each finalist's EMA width and sampler can
+be searched on its trained weights (the post-hoc stage, ``search.posthoc``), then the final protocol picks the
+champion, whose weights are copied to ``<output>/best/`` and registered in the MLflow Model Registry.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
+import time
+from pathlib import Path
 
 from ..cli import Parser, run_main
 from ..cluster import check_storage, check_storage_path, driver_resources, ensure_ray
@@ -22,10 +26,12 @@ from ..errors import ConfigError
 from ..train.averaging import snapshot_plan
 from ..train.config import resolve_on_driver
 from ..train.evaluation import resolved_metric_name
+from .costs import cost_table
+from .front import with_posthoc
 from .plan import Layout, concurrency, search_exists
 from .preflight import check_optuna_url, check_tracking_uri
 from .results import final_metric_name, pareto_front, summary_table
-from .space import Space, load_space
+from .space import Space, load_space, posthoc_protocol
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(f"search.trials={args.trials}")
     if args.max_concurrent is not None:
         sets.append(f"search.max_concurrent={args.max_concurrent}")
-    found = {}
+    found, started = {}, time.monotonic()
     code = run_main(lambda: _search(args, sets, found))
     if code != 0 or "results" not in found:
         return code
-    return conclude(found["space"], found["layout"], found["results"])
+    code = conclude(found["space"], found["layout"], found["results"])
+    print(f"search wall time: {_duration(time.monotonic() - started)}")
+    return code
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
 
 
 def _search(args: argparse.Namespace, sets: list[str], found: dict) -> int:
@@ -116,9 +130,12 @@ def conclude(space: Space, layout: Layout, results) -> int:
           f"params {best['params']}")
     print(f"  checkpoint copied to {best['best_dir']}; registered as {best.get('model')}")
     front = pareto_front(space, results) if space.search.multi_objective.enabled else None
+    if front is not None and best.get("posthoc_front"):
+        front = with_posthoc(front, json.loads(Path(best["posthoc_front"]).read_text()), space.metric)
     if front is not None:
         print(f"Pareto front ({space.metric} vs NFE): " + ", ".join(
-            f"{p['trial_id']} ({p[space.metric]:.4f}, {p['nfe']} NFE)" for p in front))
+            f"{p['trial_id']}{' post-hoc' if p.get('stage') == 'posthoc' else ''} ({p[space.metric]:.4f}, "
+            f"{p['nfe']} NFE)" for p in front))
     finish_search(layout.tracking_uri, space.train.name, summary, best, layout.optuna_url, front)
     print(f"compare the trials: python -m spd_tune.ui {layout.root}")
     return 0
@@ -131,6 +148,18 @@ def describe(space: Space, layout: Layout, max_concurrent: int | None = None) ->
         lines.append(f"  {name:<8} {spec.type:<12} {rng}{' log' if spec.log else ''}  -> {spec.path}")
     lines.append(f"  first trial (the config's own values): {space.default_point()}")
     lines.append(f"  ASHA rungs at kimg {space.rungs()} (evaluate + checkpoint at each)")
+    ph, final = space.search.posthoc, space.search.final
+    if ph.enabled:
+        samples, seed = posthoc_protocol(space)
+        k_high = f"min(T, {ph.k_max})" if ph.k_max else "T"
+        lines.append(f"  post-hoc stage: {ph.evaluations} evaluations per finalist ({final.top_k}), sampler "
+                     f"{'/'.join(ph.samplers)}, K in [{ph.k_min}, {k_high}] log"
+                     + (f", sigma_rel in {list(ph.sigma_rel)} log" if ph.sigma_rel else "")
+                     + f"; {samples} samples from seed {seed}")
+    if final.top_k:
+        lines.append(f"  final protocol: top {final.top_k}, {final.samples} samples from seed {final.seed}, sampler "
+                     f"{final.sampler or space.train.eval.sampler}, K {final.sampler_steps or 'T'}"
+                     + (" (each finalist at its plain and its best post-hoc point)" if ph.enabled else ""))
     ema = snapshot_plan(space.train)
     if ema:
         lines.append(f"  {ema}")
@@ -139,6 +168,8 @@ def describe(space: Space, layout: Layout, max_concurrent: int | None = None) ->
                  + (f"; {max_concurrent} trials at once" if max_concurrent else ""))
     lines.append(f"writes: results {layout.storage.path}; Optuna {layout.optuna_url}; MLflow {layout.tracking_uri}; "
                  f"champion {layout.root / 'best'}")
+    if max_concurrent is None:  # --dry-run: what the stages will cost
+        lines.append(cost_table(space))
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
-"""The search's winner: the final protocol re-scores the top trials, the best is copied to ``best/``, slimmed to
-weights for users and registered in MLflow.
+"""The search's winner: the final protocol re-scores the top trials (after their post-hoc studies when
+``search.posthoc`` is enabled: search/finals.py), the best is copied to ``best/``, slimmed to weights for users and
+registered in MLflow.
 
 Rung scores rank trials cheaply (few samples, few sampler steps); the champion is picked by the final protocol
 (e.g. 50k samples at full T), run as one Ray task per finalist with one worker's resources. The registered model
@@ -20,14 +21,18 @@ from pathlib import Path
 import ray
 
 from ..core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..posthoc import RunFiles, averaged_weights
+from ..train.averaging import SNAPSHOT_DIR
 from ..train.config import TrainConfig
-from ..train.driver import best_checkpoint
+from ..train.driver import best_checkpoint, local_folder
 from ..train.evaluation import Evaluator
 from ..train.session import CHECKPOINT_FILE
 from ..typed import from_dict
+from .finals import Finalist, drop_snapshots, run_finals, run_posthoc, with_choice
+from .front import nondominated, plot_front, posthoc_points
 from .results import final_metric_name, ranked_trials, trial_run_name
 from .space import Space
-from .tracking import client_for, log_final_scores
+from .tracking import client_for, log_final_scores, log_posthoc, trial_run_id
 
 log = logging.getLogger("spd_tune.champion")
 MODEL_FILE = "model.pt"
@@ -62,67 +67,145 @@ def rescore(space: Space, checkpoints: list) -> list[float]:
     return ray.get([task.remote(cfg, checkpoint) for checkpoint in checkpoints])
 
 
-def choose_champion(space: Space, layout, results) -> dict | None:
-    """Pick the champion (by the final protocol when configured), copy its best checkpoint to <root>/best/
-    and register it in MLflow."""
-    ranked = ranked_trials(space, results)
-    finalists, checkpoints = [], {}
-    for score, result in ranked[: max(1, space.search.final.top_k)]:
+def finalists_of(space: Space, layout, results) -> list[Finalist]:
+    """The top_k trials by rung score (at least one) that left a checkpoint, best first."""
+    out = []
+    for score, result in ranked_trials(space, results)[: max(1, space.search.final.top_k)]:
         trial_id = result.metrics["trial_id"]
-        checkpoint = best_checkpoint(layout.under_storage(trial_run_name(trial_id)), space.metric)
-        if checkpoint is not None:
-            checkpoints[trial_id] = checkpoint  # local or in a bucket: read through its own filesystem
-            finalists.append({"trial_id": trial_id, space.metric: score, "checkpoint": checkpoint.path,
-                              "params": {k: result.config[k] for k in space.search.params}})
+        run_path = layout.under_storage(trial_run_name(trial_id))
+        checkpoint = best_checkpoint(run_path, space.metric)
+        if checkpoint is not None:  # local or in a bucket: read through its own filesystem
+            params = {k: result.config[k] for k in space.search.params}
+            out.append(Finalist(trial_id, score, params, space.trial_config(params), run_path, checkpoint))
+    return out
+
+
+def trial_run_paths(layout, results) -> dict[str, str]:
+    """Trial id -> its Train run folder, for every trial that reported."""
+    ids = {(r.metrics or {}).get("trial_id") for r in results}
+    return {i: layout.under_storage(trial_run_name(i)) for i in ids if i}
+
+
+def choose_champion(space: Space, layout, results) -> dict | None:
+    """Pick the champion (by the final protocol when configured, after the post-hoc stage when enabled), copy its
+    best checkpoint to <root>/best/ and register it in MLflow."""
+    finalists = finalists_of(space, layout, results)
     if not finalists:
         return None
+    if space.search.posthoc.enabled:
+        return _after_posthoc(space, layout, results, finalists)
+    final_name = final_metric_name(space.metric)
+    rows = [{"trial_id": f.trial_id, space.metric: f.score, "checkpoint": f.checkpoint.path, "params": f.params}
+            for f in finalists]
     if space.search.final.top_k:
-        final_name = final_metric_name(space.metric)
-        for finalist, value in zip(finalists, rescore(space, [checkpoints[f["trial_id"]] for f in finalists])):
-            finalist[final_name] = value
-        log_final_scores(layout.tracking_uri, space.train.name, final_name, finalists)
-        finalists.sort(key=lambda f: f[final_name] if math.isfinite(f[final_name]) else math.inf)
-    info = finalists[0]
+        for row, value in zip(rows, rescore(space, [f.checkpoint for f in finalists])):
+            row[final_name] = value
+        log_final_scores(layout.tracking_uri, space.train.name, final_name, rows)
+        order = sorted(range(len(rows)), key=lambda i: rows[i][final_name] if math.isfinite(rows[i][final_name])
+                       else math.inf)
+        rows, finalists = [rows[i] for i in order], [finalists[i] for i in order]
+    target = _copy_best(layout, finalists[0])
+    weights = export_weights(target)
+    return _write_and_register(space, layout, target, weights, {**rows[0], "best_dir": str(target),
+                                                                 "finalists": rows if len(rows) > 1 else None})
+
+
+def _after_posthoc(space: Space, layout, results, finalists: list[Finalist]) -> dict:
+    """The post-hoc studies, their NFE front, then the final protocol at each finalist's plain and best post-hoc
+    points; the champion is the best (trial, EMA, sampler) by final score."""
+    metric, final_name = space.metric, final_metric_name(space.metric)
+    studies = run_posthoc(space, layout.optuna_url, finalists)
+    dropped = drop_snapshots(trial_run_paths(layout, results), finalists)
+    if dropped:
+        print(f"deleted the EMA snapshots of {len(dropped)} trial(s) that are not finalists", flush=True)
+    points = posthoc_points(studies, metric)
+    front = nondominated(points, metric)
+    front_dir = layout.root / "posthoc"
+    front_dir.mkdir(parents=True, exist_ok=True)
+    (front_dir / "front.json").write_text(json.dumps(front, indent=2))
+    plot = plot_front(points, front, metric, front_dir / "front.png")
+    print(f"post-hoc front ({metric} vs NFE): " + ", ".join(
+        f"{p['trial_id']} ({p[metric]:.4f}, {p['nfe']} NFE)" for p in front), flush=True)
+    log_posthoc(layout.tracking_uri, space.train.name, metric, studies, front_dir / "front.json", plot)
+    entries = with_choice(space, run_finals(space, layout.optuna_url, finalists, studies))
+    rows = []
+    for entry in entries:
+        f, pick = entry["finalist"], entry[entry["chosen"]]
+        row = {"trial_id": f.trial_id, metric: f.score, "checkpoint": f.checkpoint.path, "params": f.params,
+               final_name: pick["score"], "chosen": entry["chosen"], "ema": pick["ema"],
+               "sampling": pick["sampling"], "nfe": pick["nfe"], "posthoc_evaluations": len(studies[f.trial_id])}
+        for name in ("plain", "posthoc"):
+            if name in entry:
+                row[name] = {final_name: entry[name]["score"], "nfe": entry[name]["nfe"],
+                             "ema": entry[name]["ema"], "sampling": entry[name]["sampling"]}
+        rows.append(row)
+        print(f"final protocol, trial {f.trial_id}: " + "; ".join(
+            f"{name} {row[name][final_name]:.4f} ({describe_choice(row[name])})"
+            for name in ("plain", "posthoc") if name in row) + f" -> {entry['chosen']}", flush=True)
+    log_final_scores(layout.tracking_uri, space.train.name, final_name, rows)
+    best, entry = rows[0], entries[0]
+    target = _copy_best(layout, entry["finalist"])
+    sigma_rel = entry[entry["chosen"]]["point"]["sigma_rel"]
+    weights, choices = None, {"ema": best["ema"], "sampling": best["sampling"]}
+    if sigma_rel is not None:  # rebuilt from the snapshots at the last one, as the post-hoc evaluation did
+        with local_folder(f"{entry['finalist'].run_path}/{SNAPSHOT_DIR}") as snapshots:
+            weights, step = averaged_weights(RunFiles(target / CHECKPOINT_FILE, snapshots), sigma_rel)
+        choices.update(step=step, kimg=entry["finalist"].cfg.kimg_at(step))  # the weights' own training point
+    path = export_weights(target, weights, choices)
+    return _write_and_register(space, layout, target, path, {
+        **best, "best_dir": str(target), "finalists": rows, "posthoc_front": str(front_dir / "front.json")})
+
+
+def describe_choice(row: dict) -> str:
+    s, e = row["sampling"], row["ema"]
+    text = f"{s['sampler']} {s['steps']} steps" + (f" eta {s['eta']:.2f}" if s["sampler"] == "ddim" else "")
+    return text + (f", sigma_rel {e['sigma_rel']:.3f}" if e["kind"] == "power" else f", ema rate {e['rate']:g}")
+
+
+def _copy_best(layout, finalist: Finalist) -> Path:
     target = layout.root / "best"
     if target.exists():
         shutil.rmtree(target)
-    checkpoints[info["trial_id"]].to_directory(str(target))
-    weights = export_weights(target)
-    info = {**info, "best_dir": str(target), "finalists": finalists if len(finalists) > 1 else None}
+    finalist.checkpoint.to_directory(str(target))
+    return target
+
+
+def _write_and_register(space: Space, layout, target: Path, weights: Path, info: dict) -> dict:
     (target / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
-    info["model"] = register(space, layout, info["trial_id"], weights, target / INFO_FILE)
+    tags = {k: json.dumps(info[k], sort_keys=True) for k in ("ema", "sampling") if k in info}
+    info["model"] = register(space, layout, info["trial_id"], weights, target / INFO_FILE, tags)
     return info
 
 
-def export_weights(best_dir: Path) -> Path:
-    """best/checkpoint.pt (full training state) -> best/model.pt (EMA weights + configs) and best/config.json."""
+def export_weights(best_dir: Path, weights: dict | None = None, choices: dict | None = None) -> Path:
+    """best/checkpoint.pt (full training state) -> best/model.pt (EMA weights, or ``weights``, + configs and the
+    chosen ``ema``/``sampling`` as plain values) and best/config.json."""
     state = load_checkpoint(Path(best_dir) / CHECKPOINT_FILE)
-    slim = Checkpoint(unet=state.unet, process=state.process, model=state.ema or state.model,
+    slim = Checkpoint(unet=state.unet, process=state.process, model=weights or state.ema or state.model,
                       extra={"step": state.extra.get("step"), "kimg": state.extra.get("kimg"),
-                             "metric": state.extra.get("metric")})
+                             "metric": state.extra.get("metric"), **(choices or {})})
     path = save_checkpoint(Path(best_dir) / MODEL_FILE, slim)
     (Path(best_dir) / "config.json").write_text(json.dumps(state.extra.get("config", {}), indent=2, sort_keys=True))
     return path
 
 
-def register(space, layout, trial_id: str, weights: Path, info_file: Path) -> str | None:
+def register(space, layout, trial_id: str, weights: Path, info_file: Path, tags: dict | None = None) -> str | None:
     """Log the champion's files on its trial's run and register them; returns 'name@alias' or None."""
     name = f"spd-tune-{space.train.data.name}"
     try:
         client = client_for(layout.tracking_uri)
         experiment = client.get_experiment_by_name(space.train.name)
-        runs = client.search_runs([experiment.experiment_id],
-                                  filter_string=f"tags.`spd_tune.trial_id` = '{trial_id}'", max_results=1)
-        if not runs:
+        run_id = trial_run_id(client, experiment.experiment_id, trial_id)
+        if run_id is None:
             return None
-        run = runs[0]
+        run = client.get_run(run_id)
         for path in (weights, weights.parent / "config.json", info_file):
             client.log_artifact(run.info.run_id, str(path), artifact_path="champion")
         client.set_tag(run.info.run_id, "spd_tune.champion", "true")
         if not client.search_registered_models(filter_string=f"name = '{name}'"):
             client.create_registered_model(name, description="SPD UNet chosen by spd-tune: EMA weights + config")
         version = client.create_model_version(name, source=f"{run.info.artifact_uri}/champion", run_id=run.info.run_id,
-                                              tags={"trial_id": trial_id})
+                                              tags={"trial_id": trial_id, **(tags or {})})
         client.set_registered_model_alias(name, "champion", version.version)
         return f"{name}@champion (version {version.version})"
     except Exception as err:  # the files are in best/ whatever the registry does

@@ -276,8 +276,36 @@ def check_posthoc(space: Space) -> None:
         if space.train.ema.kind != "power" or searched_kind:
             raise ConfigError("search.posthoc.sigma_rel searches the EMA width, which needs train.ema.kind: power "
                               "in every trial (set it, or set search.posthoc.sigma_rel: null)")
-    raise ConfigError("search.posthoc.enabled: the search has no post-hoc stage yet; score a finished run's "
-                      "weights with spd_tune.posthoc.evaluate_point (docs/training.md)")
+    if space.search.final.top_k < 1:
+        raise ConfigError("search.posthoc needs search.final.top_k >= 1: the final protocol measures what the "
+                          "post-hoc stage gained (or set search.posthoc.enabled: false)")
+    check_seeds_disjoint(space)
+
+
+def posthoc_protocol(space: Space) -> tuple[int, int]:
+    """(samples, first seed) of the post-hoc evaluations: the rung protocol's unless the section says otherwise."""
+    ph, ev = space.search.posthoc, space.train.eval
+    return ph.samples or ev.samples, ev.seed if ph.seed is None else ph.seed
+
+
+def seed_ranges(space: Space) -> dict[str, range]:
+    """The sample seeds each protocol uses: image i of a protocol with first seed s has seed s + i."""
+    ev, f = space.train.eval, space.search.final
+    ph_samples, ph_seed = posthoc_protocol(space)
+    return {"train.eval": range(ev.seed, ev.seed + ev.samples),
+            "search.posthoc": range(ph_seed, ph_seed + ph_samples),
+            "search.final": range(f.seed, f.seed + f.samples)}
+
+
+def check_seeds_disjoint(space: Space) -> None:
+    """The final protocol must not reuse the seeds that points were selected on: the gain would be inflated."""
+    ranges = seed_ranges(space)
+    final = ranges.pop("search.final")
+    for name, other in ranges.items():
+        if final.start < other.stop and other.start < final.stop:
+            raise ConfigError(f"search.final.seed={final.start} with {len(final)} samples reuses seeds of {name} "
+                              f"({other.start}..{other.stop - 1}): the final protocol needs seeds the rungs and the "
+                              "post-hoc stage never saw; move search.final.seed")
 
 
 def _probes(spec: ParamSpec) -> list:

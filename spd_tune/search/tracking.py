@@ -243,15 +243,54 @@ def close_orphan_runs(tracking_uri: str, experiment: str, known_trial_ids: set) 
         return 0
 
 
+def trial_run_id(client, experiment_id: str, trial_id: str) -> str | None:
+    runs = client.search_runs([experiment_id], max_results=1, filter_string=f"tags.`spd_tune.trial_id` = '{trial_id}'")
+    return runs[0].info.run_id if runs else None
+
+
 def log_final_scores(tracking_uri: str, experiment: str, name: str, finalists: list[dict]) -> None:
-    """The final protocol's score on each finalist's run."""
+    """The final protocol's score on each finalist's run; after a post-hoc stage also its score at each of the
+    two points it was judged at (``<name>_plain``, ``<name>_posthoc``)."""
     try:
         client = client_for(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
         for finalist in finalists:
-            runs = client.search_runs([exp.experiment_id], max_results=1,
-                                      filter_string=f"tags.`spd_tune.trial_id` = '{finalist['trial_id']}'")
-            if runs:
-                client.log_metric(runs[0].info.run_id, name, float(finalist[name]))
+            run_id = trial_run_id(client, exp.experiment_id, finalist["trial_id"])
+            if run_id:
+                client.log_metric(run_id, name, float(finalist[name]))
+                for point in ("plain", "posthoc"):
+                    if point in finalist:
+                        client.log_metric(run_id, f"{name}_{point}", float(finalist[point][name]))
     except Exception as err:
         log.warning("MLflow final scores failed (%s: %s)", type(err).__name__, err)
+
+
+def log_posthoc(tracking_uri: str, experiment: str, metric: str, studies: dict[str, list[dict]], front_file: Path,
+                front_plot: Path | None) -> None:
+    """Each finalist's post-hoc evaluations on its own run (``posthoc_<metric>`` with the post-hoc trial number as
+    the step, and ``posthoc.json``), and the NFE front on the parent (``posthoc/front.json``, ``front.png``).
+    Idempotent: a resumed stage logs only the steps not logged yet."""
+    from mlflow.entities import Metric
+
+    try:
+        client = client_for(tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        key = f"posthoc_{metric}"
+        now = int(time.time() * 1000)
+        for trial_id, rows in studies.items():
+            run_id = trial_run_id(client, exp.experiment_id, trial_id)
+            if run_id is None:
+                continue
+            logged = {m.step for m in client.get_metric_history(run_id, key)}
+            client.log_batch(run_id, metrics=[Metric(key, float(r["score"]), now, int(r["trial"])) for r in rows
+                                              if int(r["trial"]) not in logged and "score" in r])
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "posthoc.json").write_text(json.dumps(rows, indent=2))
+                client.log_artifact(run_id, str(Path(tmp) / "posthoc.json"))
+        parent = client.search_runs([exp.experiment_id], filter_string="tags.`spd_tune.role` = 'search'",
+                                    max_results=1)
+        if parent:
+            for path in filter(None, (front_file, front_plot)):
+                client.log_artifact(parent[0].info.run_id, str(path), artifact_path="posthoc")
+    except Exception as err:
+        log.warning("MLflow post-hoc results failed (%s: %s)", type(err).__name__, err)

@@ -5,11 +5,12 @@ With train/session.py, the only module that imports ray.train: the search reads 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import ray
 import ray.train
@@ -198,6 +199,15 @@ def fit_reporting(trainer: TorchTrainer, reports: ReportQueue, report: Callable[
 def run_result(path: str) -> ray.train.Result:
     """A finished (or interrupted) Train run read back from its folder, local or in a bucket."""
     return ray.train.Result.from_path(path)
+
+
+@contextlib.contextmanager
+def local_folder(path: str | ray.train.Checkpoint) -> Iterator[Path]:
+    """A folder of a run (a checkpoint, its ``ema/`` snapshots) on this machine: itself when local or on a shared
+    mount, a temporary download when in a bucket."""
+    folder = path if isinstance(path, ray.train.Checkpoint) else ray.train.Checkpoint(path)
+    with folder.as_directory() as directory:
+        yield Path(directory)
 
 
 def best_checkpoint(path: str, metric: str) -> ray.train.Checkpoint | None:

@@ -141,7 +141,6 @@ class RaySession(Session):
 
     def save_snapshot(self, name, state):
         import pyarrow.fs
-
         import ray.train
 
         storage = ray.train.get_context().get_storage()  # the run's own folder, local or in a bucket
