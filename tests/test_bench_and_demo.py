@@ -72,3 +72,40 @@ def test_bench_times_the_step_inside_ray_train_workers(tmp_path, ray_cluster):
     result = json.loads(out.read_text())
     assert result["ray_workers"] == 2 and result["ray_img_per_s_per_worker"] > 0
     assert "Ray Train, 2 worker(s)" in proc.stdout
+
+
+def test_device_check_cpu_smoke_runs_every_section_without_ray_mlflow_or_optuna(tmp_path):
+    """The prepared GPU check (bench/device_check.py) cannot rot between the sessions that have a GPU: its CPU smoke
+    run goes through every section with what the lent machine has (torch, this checkout, pytorch-fid's Inception
+    class, numpy, scipy, yaml) and nothing else."""
+    out = tmp_path / "out"
+    code = f"""
+import importlib.abc, runpy, sys
+BLOCKED = ("ray", "mlflow", "optuna")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("blocked for this test: " + name)
+sys.meta_path.insert(0, Block())
+sys.argv = ["device_check.py", {str(out)!r}, "--cpu-smoke"]
+try:
+    runpy.run_path({str(ROOT / "bench" / "device_check.py")!r}, run_name="__main__")
+except SystemExit as done:
+    assert done.code == 0, done.code
+"""
+    proc = _run(code, tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["device_check.json", "device_check.md"]  # nothing else comes back
+    result = json.loads((out / "device_check.json").read_text())
+    assert result["errors"] == {} and result["environment"]["smoke"] is True
+    assert {"train_step", "sampling", "fid_features", "train_loop"} <= set(result)
+    assert all(r["img_per_s"] > 0 and 0 < r["noising_share"] < 1 for r in result["train_step"])
+    for kind in ("ancestral", "ddim"):
+        s = result["sampling"][kind]
+        assert s["step_ms"] > 0 and s["sampler_own_ms"] > 0 and s["host_generator_noise_own_ms"] > 0
+    assert result["fid_features"]["img_per_s"] > 0
+    loop = result["train_loop"]
+    assert loop["checkpoints"] == 1 and loop["kimg"] > 0 and len(loop["metric"]) == 1  # evaluated at the end
+    table = (out / "device_check.md").read_text()
+    for section in ("train_step", "sampling", "fid_features", "train_loop"):
+        assert f"| {section} |" in table

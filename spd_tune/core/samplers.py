@@ -1,18 +1,18 @@
 """Reverse processes in Fourier space: ancestral (FIXED_LARGE) and DDIM, with respacing.
 
 The reference code samples per frequency with all T steps; here any K <= T steps work
-(``DiffusionSchedule.respace``), and every image draws its noise from its own seed, so a sample does
-not depend on the batch size or on how images are split across workers.
+(``DiffusionSchedule.respace``), and every image draws its noise from its own seed, on the device (core/noise.py),
+so a sample does not depend on the batch size, on how images are split across workers, or on the device.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
 
+from .noise import ImageNoise
 from .schedule import Denoiser, DiffusionSchedule, combine_filtered, compute_dtype
 
 
@@ -31,31 +31,6 @@ class SamplerConfig:
             raise ValueError(f"sampler eta={self.eta!r} must be in [0, 1]")
         if self.kind == "ancestral" and self.eta != 0.0:
             raise ValueError("eta applies to the DDIM sampler only")
-
-
-class ImageNoise:
-    """One CPU generator per image: the noise stream of image i depends on its seed alone.
-
-    Each generator fills several steps' noise per call (a block size fixed by the image shape, never by
-    the batch), which keeps per-image seeding cheap at small image sizes.
-    """
-
-    BLOCK_ELEMENTS = 1 << 16
-
-    def __init__(self, seeds: Sequence[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype):
-        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-        self.shape, self.device, self.dtype = tuple(shape), device, dtype
-        self.block = max(1, min(64, self.BLOCK_ELEMENTS // max(1, math.prod(self.shape))))
-        self.buffer: torch.Tensor | None = None
-        self.used = self.block
-
-    def draw(self) -> torch.Tensor:
-        if self.used == self.block:
-            block = [torch.randn((self.block, *self.shape), generator=g) for g in self.generators]
-            self.buffer = torch.stack(block, dim=1).to(self.device, self.dtype, non_blocking=True)
-            self.used = 0
-        self.used += 1
-        return self.buffer[self.used - 1]
 
 
 @torch.no_grad()
