@@ -12,6 +12,7 @@ champion, whose weights are copied to ``<output>/best/`` and registered in the M
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,12 +27,15 @@ from ..errors import ConfigError
 from ..train.averaging import snapshot_plan
 from ..train.config import resolve_on_driver
 from ..train.evaluation import resolved_metric_name
-from .costs import cost_table
+from .console import RAY_LOG, ray_output_to
+from .costs import cost_lines, cost_summary, cost_table, cost_unit, trial_costs
 from .front import with_posthoc
 from .plan import Layout, concurrency, search_exists
 from .preflight import check_optuna_url, check_tracking_uri
-from .results import final_metric_name, pareto_front, summary_table
+from .report import write_report
+from .results import final_metric_name, pareto_front, summary_table, verdict
 from .space import Space, load_space, posthoc_protocol
+from .trust import rung_trust, trust_metrics, trust_warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("space", help="cifar10, imagenet64, demo, or a path to a space YAML")
     p.add_argument("--trials", type=int)
     p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--budget-hours", type=float, help="resource-hours (GPU, or CPU without GPUs) the trials may "
+                   "spend: no new trial starts once it would exceed them (search.budget_hours)")
     p.add_argument("--output", help="where the search writes (default: ./spd_runs)")
     p.add_argument("--storage-path", help="Ray Tune/Train results and checkpoints: a local path, or on a multi-node "
                    "cluster a bucket URI (s3://, gs://) or a shared mount (default: SPD_TUNE_STORAGE, else --output)")
@@ -49,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search")
     p.add_argument("--dry-run", action="store_true", help="print the space, the resource plan and the paths; exit")
+    p.add_argument("--verbose", action="store_true", help="print Ray's and the workers' output here instead of "
+                   "<output>/<space>/ray.log")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any key of the space file, e.g. train.optim.warmup_kimg=1 or search.trials=20")
     args = p.parse_args(argv)
@@ -57,11 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(f"search.trials={args.trials}")
     if args.max_concurrent is not None:
         sets.append(f"search.max_concurrent={args.max_concurrent}")
+    if args.budget_hours is not None:
+        sets.append(f"search.budget_hours={args.budget_hours}")
     found, started = {}, time.monotonic()
-    code = run_main(lambda: _search(args, sets, found))
-    if code != 0 or "results" not in found:
-        return code
-    code = conclude(found["space"], found["layout"], found["results"])
+    with contextlib.ExitStack() as quiet:  # holds ray.log open from preflight's end to the search's
+        code = run_main(lambda: _search(args, sets, found, quiet))
+        if code != 0 or "results" not in found:
+            return code
+        code = conclude(found["space"], found["layout"], found["results"],
+                        argv if argv is not None else sys.argv[1:])
     print(f"search wall time: {_duration(time.monotonic() - started)}")
     return code
 
@@ -72,7 +84,7 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
 
 
-def _search(args: argparse.Namespace, sets: list[str], found: dict) -> int:
+def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: contextlib.ExitStack) -> int:
     """Validate and check everything, then run the Tune search; the results go into ``found``."""
     space = load_space(args.space, sets, output=args.output)
     layout = Layout.of(space, args.storage_path, args.optuna_storage, args.tracking_uri, args.shared_storage)
@@ -97,6 +109,9 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict) -> int:
     driver = driver_resources()
     max_concurrent = concurrency(space, driver)
     layout.root.mkdir(parents=True, exist_ok=True)
+    if not args.verbose:  # validation and preflight have passed: from here on Ray's own output goes to a file
+        log = quiet.enter_context(ray_output_to(layout.root / RAY_LOG))
+        print(f"worker and Ray output: {log} (--verbose shows it here)", flush=True)
     # save Tune's experiment state (trials + searcher) at every step, so a killed driver loses as little
     # as possible; what it still loses is reconciled after the resumed search
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
@@ -108,27 +123,33 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict) -> int:
     return 0
 
 
-def conclude(space: Space, layout: Layout, results) -> int:
-    """Close what a killed driver left open, print the summary, pick and register the champion, finish MLflow."""
+def conclude(space: Space, layout: Layout, results, argv: list[str] | None = None) -> int:
+    """Close what a killed driver left open, pick and register the champion, then the summary: scores with their
+    noise, the baseline, rung trust and costs, printed and logged on the parent MLflow run."""
     from .champion import choose_champion  # with Ray Train: see build_tuner's import
-    from .tracking import finish_search
+    from .tracking import finish_search, log_costs
     from .tuner import reconcile
 
     orphans = reconcile(space, layout, results)
     if orphans:
         print(f"closed {orphans} Optuna trial(s) / MLflow run(s) left open by an interrupted driver "
               f"(tagged spd_tune.orphaned)")
-    summary = summary_table(space, results)
-    print(summary)
     best = choose_champion(space, layout, results)
+    finalists = (best.get("finalists") or [best]) if best else []
+    costs = trial_costs(space, results, finalists)
+    spent = cost_summary(space, costs)
+    log_costs(layout.tracking_uri, space.train.name, {t: c["hours"] for t, c in costs.items()}, spent["unit"])
+    summary = summary_table(space, results, costs)
+    print(summary)
     if best is None:
         print("no trial produced a finite score; nothing registered", file=sys.stderr)
+        finish_search(layout.tracking_uri, space.train.name, summary, None, layout.optuna_url, None,
+                      {"cost_hours_total": spent["total_hours"]})
         return 1
-    final = final_metric_name(space.metric)
-    final_text = f", {final} {best[final]:.4f}" if final in best else ""
-    print(f"champion: trial {best['trial_id']}, {space.metric} {best[space.metric]:.4f}{final_text}, "
-          f"params {best['params']}")
-    print(f"  checkpoint copied to {best['best_dir']}; registered as {best.get('model')}")
+    trust = rung_trust(space, results, plain_finals(finalists))
+    lines = [*champion_lines(space, best), *verdict(space.metric, best), *trust_warnings(trust), *cost_lines(spent)]
+    for line in lines:
+        print(line)
     front = pareto_front(space, results) if space.search.multi_objective.enabled else None
     if front is not None and best.get("posthoc_front"):
         front = with_posthoc(front, json.loads(Path(best["posthoc_front"]).read_text()), space.metric)
@@ -136,9 +157,38 @@ def conclude(space: Space, layout: Layout, results) -> int:
         print(f"Pareto front ({space.metric} vs NFE): " + ", ".join(
             f"{p['trial_id']}{' post-hoc' if p.get('stage') == 'posthoc' else ''} ({p[space.metric]:.4f}, "
             f"{p['nfe']} NFE)" for p in front))
-    finish_search(layout.tracking_uri, space.train.name, summary, best, layout.optuna_url, front)
+    metrics = {**trust_metrics(trust), "cost_hours_total": spent["total_hours"],
+               "cost_hours_no_early_stopping": spent["no_early_stopping_hours"]}
+    front_png = layout.root / "posthoc" / "front.png" if best.get("posthoc_front") else None
+    report = write_report(layout.root / "report.html", space, results, best, lines=lines, costs=costs, spent=spent,
+                          trust=trust, plain=plain_finals(finalists), optuna_url=layout.optuna_url, argv=argv,
+                          front_png=front_png)
+    print(f"report: {report}")
+    finish_search(layout.tracking_uri, space.train.name, "\n".join([summary, "", *lines]),
+                  {**best, "trust": trust, "cost": spent}, layout.optuna_url, front, metrics, [report])
     print(f"compare the trials: python -m spd_tune.ui {layout.root}")
     return 0
+
+
+def champion_lines(space: Space, best: dict) -> list[str]:
+    final = final_metric_name(space.metric)
+    final_text = f", {final} {best[final]:.4f}" if final in best else ""
+    if best.get("final"):
+        final_text += f" ± {best['final']['std']:.4f} (std over {len(best['final']['values'])} seed sets)"
+    return [f"champion: trial {best['trial_id']}, {space.metric} {best[space.metric]:.4f}{final_text}, "
+            f"params {best['params']}",
+            f"  checkpoint copied to {best['best_dir']}; registered as {best.get('model')}"]
+
+
+def plain_finals(finalists: list[dict]) -> dict[str, float]:
+    """trial id -> its final mean at the plain point (the final protocol's sampler on the rung EMA): what rung
+    trust compares rung scores with, so that only the protocol differs."""
+    out = {}
+    for row in finalists:
+        scored = row.get("plain", row).get("final")
+        if scored:
+            out[row["trial_id"]] = scored["mean"]
+    return out
 
 
 def describe(space: Space, layout: Layout, max_concurrent: int | None = None) -> str:
@@ -159,7 +209,13 @@ def describe(space: Space, layout: Layout, max_concurrent: int | None = None) ->
     if final.top_k:
         lines.append(f"  final protocol: top {final.top_k}, {final.samples} samples from seed {final.seed}, sampler "
                      f"{final.sampler or space.train.eval.sampler}, K {final.sampler_steps or 'T'}"
+                     + f", {final.seeds} seed set(s)"
                      + (" (each finalist at its plain and its best post-hoc point)" if ph.enabled else ""))
+    if space.search.budget_hours is not None:
+        unit = cost_unit(space)[0]
+        lines.append(f"  budget: {space.search.budget_hours:g} {unit}-hours of trials (no new trial once the hours "
+                     "spent plus one more trial's projected cost would exceed it; trials started together at the "
+                     "beginning can overshoot it)")
     ema = snapshot_plan(space.train)
     if ema:
         lines.append(f"  {ema}")

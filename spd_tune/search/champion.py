@@ -30,7 +30,7 @@ from ..train.session import CHECKPOINT_FILE
 from ..typed import from_dict
 from .finals import Finalist, drop_snapshots, run_finals, run_posthoc, with_choice
 from .front import nondominated, plot_front, posthoc_points
-from .results import final_metric_name, ranked_trials, trial_run_name
+from .results import final_metric_name, ranked_trials, seed_set_result, trial_run_name, versus
 from .space import Space
 from .tracking import client_for, log_final_scores, log_posthoc, trial_run_id
 
@@ -39,45 +39,87 @@ MODEL_FILE = "model.pt"
 INFO_FILE = "champion.json"
 
 
-def final_config(space: Space):
+def final_config(space: Space, seed: int):
     f = space.search.final
     ev = space.train.eval
     return dataclasses.replace(space.train, eval=dataclasses.replace(
         ev, samples=f.samples, sampler=f.sampler or ev.sampler, sampler_steps=f.sampler_steps, eta=f.eta,
-        seed=f.seed))
+        seed=seed))
 
 
-def _rescore(cfg_dict: dict, checkpoint) -> float:
+def _rescore(cfg_dict: dict, checkpoint) -> tuple[float, float]:
+    """(score, seconds) of one seed set."""
+    import time
+
     import torch
 
+    started = time.monotonic()
     cfg = from_dict(TrainConfig, cfg_dict)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with checkpoint.as_directory() as directory:  # a ray.train.Checkpoint: local, NFS or a bucket
         state = load_checkpoint(Path(directory) / CHECKPOINT_FILE, map_location=device)
     model, schedule = state.build(device=device)
     value, _, _ = Evaluator(cfg, device, 0, 1)(model, schedule)
-    return value
+    return value, time.monotonic() - started
 
 
-def rescore(space: Space, checkpoints: list) -> list[float]:
-    """Final scores of the given ray.train.Checkpoints, in parallel as far as the cluster allows."""
+def rescore(space: Space, checkpoints: list) -> list[dict]:
+    """The final protocol on each of the given ray.train.Checkpoints, one task per seed set, in parallel as far as
+    the cluster allows: {mean, std, values, seconds} per checkpoint."""
     r = space.train.resources
     task = ray.remote(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, resources=r.custom or None)(_rescore)
-    cfg = final_config(space).to_dict()
-    return ray.get([task.remote(cfg, checkpoint) for checkpoint in checkpoints])
+    sets = space.search.final.seed_sets()
+    cfgs = [final_config(space, seed).to_dict() for seed in sets]
+    refs = [[task.remote(cfg, checkpoint) for cfg in cfgs] for checkpoint in checkpoints]
+    out = []
+    for runs in (ray.get(r) for r in refs):
+        out.append({**seed_set_result([value for value, _ in runs]), "seconds": sum(s for _, s in runs)})
+    return out
+
+
+def baseline_trial(space: Space, results) -> str | None:
+    """The trial of the space's own point (enqueued first: the paper's configuration), if the space enqueues it
+    and the final protocol runs."""
+    if not (space.search.enqueue_defaults and space.search.final.top_k):
+        return None
+    point = space.default_point()
+    for result in results:
+        if result.metrics and {k: result.config.get(k) for k in point} == point:
+            return result.metrics["trial_id"]
+    return None
 
 
 def finalists_of(space: Space, layout, results) -> list[Finalist]:
-    """The top_k trials by rung score (at least one) that left a checkpoint, best first."""
+    """The top_k trials by rung score (at least one) that left a checkpoint, best first, then the baseline trial
+    when it is not among them."""
     out = []
-    for score, result in ranked_trials(space, results)[: max(1, space.search.final.top_k)]:
+    baseline = baseline_trial(space, results)
+    ranked = ranked_trials(space, results)
+    chosen = ranked[: max(1, space.search.final.top_k)]
+    chosen += [(score, r) for score, r in ranked[len(chosen):] if r.metrics["trial_id"] == baseline]
+    for score, result in chosen:
         trial_id = result.metrics["trial_id"]
         run_path = layout.under_storage(trial_run_name(trial_id))
         checkpoint = best_checkpoint(run_path, space.metric)
         if checkpoint is not None:  # local or in a bucket: read through its own filesystem
             params = {k: result.config[k] for k in space.search.params}
-            out.append(Finalist(trial_id, score, params, space.trial_config(params), run_path, checkpoint))
+            out.append(Finalist(trial_id, score, params, space.trial_config(params), run_path, checkpoint,
+                                baseline=trial_id == baseline))
     return out
+
+
+def with_comparisons(rows: list[dict]) -> dict:
+    """The champion's row (rows are best first) with its runner-up, the baseline and the comparison to it."""
+    best = dict(rows[0])
+    if "final" not in best:
+        return best
+    if len(rows) > 1:
+        best["runner_up"] = {"trial_id": rows[1]["trial_id"], "final": rows[1]["final"]}
+    base = next((r for r in rows if r.get("baseline")), None)
+    best["baseline"] = None if base is None else {"trial": base["trial_id"], "mean": base["final"]["mean"],
+                                                  "std": base["final"]["std"]}
+    best["vs_baseline"] = None if base is None else versus(best["final"], base["final"])
+    return best
 
 
 def trial_run_paths(layout, results) -> dict[str, str]:
@@ -95,18 +137,20 @@ def choose_champion(space: Space, layout, results) -> dict | None:
     if space.search.posthoc.enabled:
         return _after_posthoc(space, layout, results, finalists)
     final_name = final_metric_name(space.metric)
-    rows = [{"trial_id": f.trial_id, space.metric: f.score, "checkpoint": f.checkpoint.path, "params": f.params}
-            for f in finalists]
+    rows = [{"trial_id": f.trial_id, space.metric: f.score, "checkpoint": f.checkpoint.path, "params": f.params,
+             "baseline": f.baseline} for f in finalists]
     if space.search.final.top_k:
-        for row, value in zip(rows, rescore(space, [f.checkpoint for f in finalists])):
-            row[final_name] = value
+        for row, result in zip(rows, rescore(space, [f.checkpoint for f in finalists])):
+            row[final_name] = result["mean"]
+            row["final"] = {k: result[k] for k in ("mean", "std", "values")}
+            row["final_seconds"] = result["seconds"]
         log_final_scores(layout.tracking_uri, space.train.name, final_name, rows)
         order = sorted(range(len(rows)), key=lambda i: rows[i][final_name] if math.isfinite(rows[i][final_name])
                        else math.inf)
         rows, finalists = [rows[i] for i in order], [finalists[i] for i in order]
     target = _copy_best(layout, finalists[0])
     weights = export_weights(target)
-    return _write_and_register(space, layout, target, weights, {**rows[0], "best_dir": str(target),
+    return _write_and_register(space, layout, target, weights, {**with_comparisons(rows), "best_dir": str(target),
                                                                  "finalists": rows if len(rows) > 1 else None})
 
 
@@ -132,18 +176,21 @@ def _after_posthoc(space: Space, layout, results, finalists: list[Finalist]) -> 
     for entry in entries:
         f, pick = entry["finalist"], entry[entry["chosen"]]
         row = {"trial_id": f.trial_id, metric: f.score, "checkpoint": f.checkpoint.path, "params": f.params,
-               final_name: pick["score"], "chosen": entry["chosen"], "ema": pick["ema"],
-               "sampling": pick["sampling"], "nfe": pick["nfe"], "posthoc_evaluations": len(studies[f.trial_id])}
+               "baseline": f.baseline, final_name: pick["score"], "final": _final(pick), "chosen": entry["chosen"],
+               "ema": pick["ema"], "sampling": pick["sampling"], "nfe": pick["nfe"],
+               "posthoc_evaluations": len(studies[f.trial_id]),
+               "posthoc_seconds": sum(r.get("seconds", 0.0) for r in studies[f.trial_id]),
+               "final_seconds": sum(entry[n].get("seconds", 0.0) for n in ("plain", "posthoc") if n in entry)}
         for name in ("plain", "posthoc"):
             if name in entry:
-                row[name] = {final_name: entry[name]["score"], "nfe": entry[name]["nfe"],
+                row[name] = {final_name: entry[name]["score"], "final": _final(entry[name]), "nfe": entry[name]["nfe"],
                              "ema": entry[name]["ema"], "sampling": entry[name]["sampling"]}
         rows.append(row)
-        print(f"final protocol, trial {f.trial_id}: " + "; ".join(
-            f"{name} {row[name][final_name]:.4f} ({describe_choice(row[name])})"
+        print(f"final protocol, trial {f.trial_id}{' (baseline)' if f.baseline else ''}: " + "; ".join(
+            f"{name} {row[name]['final']['mean']:.4f} ± {row[name]['final']['std']:.4f} ({describe_choice(row[name])})"
             for name in ("plain", "posthoc") if name in row) + f" -> {entry['chosen']}", flush=True)
     log_final_scores(layout.tracking_uri, space.train.name, final_name, rows)
-    best, entry = rows[0], entries[0]
+    best, entry = with_comparisons(rows), entries[0]
     target = _copy_best(layout, entry["finalist"])
     sigma_rel = entry[entry["chosen"]]["point"]["sigma_rel"]
     weights, choices = None, {"ema": best["ema"], "sampling": best["sampling"]}
@@ -154,6 +201,10 @@ def _after_posthoc(space: Space, layout, results, finalists: list[Finalist]) -> 
     path = export_weights(target, weights, choices)
     return _write_and_register(space, layout, target, path, {
         **best, "best_dir": str(target), "finalists": rows, "posthoc_front": str(front_dir / "front.json")})
+
+
+def _final(scored: dict) -> dict:
+    return {"mean": scored["score"], "std": scored.get("std", math.nan), "values": scored.get("values", [])}
 
 
 def describe_choice(row: dict) -> str:

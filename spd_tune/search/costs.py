@@ -81,13 +81,14 @@ def search_costs(space: Space) -> tuple[list[StageCost], dict]:
     k_rung = rung.evaluations / cfg.eval.samples
     rows.append(StageCost(f"its {rungs} rung evaluations ({cfg.eval.samples} samples, K {k_rung:g})",
                           rung.evaluations * rungs, rung.flops * rungs))
-    finalists = max(1, f.top_k)
+    # the top_k, and the baseline (the space's first trial) when it is not among them: at most one more
+    finalists = max(1, f.top_k) + (1 if f.top_k and space.search.enqueue_defaults else 0)
     if ph.enabled:
         samples = ph.samples or cfg.eval.samples
         one = sampling(samples, ph.k_max, f"one post-hoc evaluation ({samples} samples, K at most "
                                           f"{min(ph.k_max or steps, steps)})")
         rows.append(one)
-        rows.append(StageCost(f"post-hoc stage ({finalists} finalists x {ph.evaluations} evaluations, at most)",
+        rows.append(StageCost(f"post-hoc stage ({finalists} finalists x {ph.evaluations} evaluations, at most K)",
                               one.evaluations * finalists * ph.evaluations, one.flops * finalists * ph.evaluations))
         k_mean = mean_log_uniform(min(ph.k_min, steps), min(ph.k_max or steps, steps))
         typical = StageCost("", samples * k_mean, samples * (k_mean * forward + inception))
@@ -99,15 +100,43 @@ def search_costs(space: Space) -> tuple[list[StageCost], dict]:
         one = sampling(f.samples, f.sampler_steps, f"one final score ({f.samples} samples, K "
                                                    f"{min(f.sampler_steps or steps, steps)})")
         rows.append(one)
-        rows.append(StageCost(f"final protocol ({finalists} finalists x {points} point{'s' * (points > 1)})",
-                              one.evaluations * finalists * points, one.flops * finalists * points))
+        n = finalists * points * f.seeds
+        rows.append(StageCost(f"final protocol ({finalists} finalists x {points} point{'s' * (points > 1)} x "
+                              f"{f.seeds} seed set{'s' * (f.seeds > 1)}, at most)", one.evaluations * n, one.flops * n))
         highest = _highest_steps(space)
         if f.sampler_steps is None and highest > steps:
             rows.append(StageCost(f"one final score at the highest T the space allows ({highest})",
                                   f.samples * highest, f.samples * (highest * forward + inception)))
+    rows.append(whole_search(space, rows, rung))
     figures = {"unet_forward_flops": forward, "unet_train_flops": train, "inception_flops": inception,
                "steps": steps, "lowest_steps": lowest_steps(space)}
     return rows, figures
+
+
+def asha_kimg(space: Space) -> float:
+    """Expected kimg one trial trains under ASHA when each rung keeps 1/reduction_factor of the trials reaching it."""
+    rungs, eta = space.rungs(), space.search.asha.reduction_factor
+    if space.search.multi_objective.enabled:  # FIFO: every trial to the end
+        return space.max_kimg
+    kimg, previous = 0.0, 0.0
+    for i, rung in enumerate(rungs):
+        kimg += (rung - previous) / eta ** i
+        previous = rung
+    return kimg
+
+
+def whole_search(space: Space, rows: list[StageCost], rung: StageCost) -> StageCost:
+    """Every trial's expected training under ASHA and its rung evaluations (``rung``: one), plus the expected
+    post-hoc stage and the final protocol (rows as built by search_costs, one trial's training first)."""
+    trials, eta = space.search.trials, space.search.asha.reduction_factor
+    reached = trials * sum(1 / eta ** i for i in range(len(space.rungs())))  # rung evaluations, expected
+    train = rows[0]  # one trial's full training
+    share = asha_kimg(space) / space.max_kimg
+    stages = [r for r in rows if r.stage.startswith(("post-hoc stage, expected", "final protocol"))]
+    flops = trials * share * train.flops + reached * rung.flops + sum(r.flops for r in stages)
+    evaluations = trials * share * train.evaluations + reached * rung.evaluations + sum(r.evaluations for r in stages)
+    return StageCost(f"the whole search, expected ({trials} trials, ASHA keeping 1/{eta:g} at each rung)",
+                     evaluations, flops)
 
 
 def mean_log_uniform(low: int, high: int) -> float:
@@ -131,3 +160,73 @@ def cost_table(space: Space) -> str:
     for r in rows:
         lines.append(f"  {r.stage:<{width}}  {r.evaluations:>20.3g}  {r.gpu_hours:>10.3g}")
     return "\n".join(lines)
+
+
+# --- measured: what a finished search spent ------------------------------------------------------------------------
+
+def cost_unit(space: Space) -> tuple[str, float]:
+    """("GPU" or "CPU", units per worker): GPUs where the workers have them, else CPUs."""
+    r = space.train.resources
+    return ("GPU", r.gpus_per_worker) if r.gpus_per_worker > 0 else ("CPU", r.cpus_per_worker)
+
+
+def trial_costs(space: Space, results, finalists: list[dict]) -> dict[str, dict]:
+    """trial id -> {hours, train_hours, stage_hours, kimg, full_hours}: workers x units x the wall time of its Train
+    run (Tune's time_total_s of the trial, evaluations included), plus one worker's units x the wall time of its
+    post-hoc and final evaluations; ``full_hours`` is what it would have cost trained to max_kimg (no early stop)."""
+    unit, per_worker = cost_unit(space)
+    workers = space.train.resources.workers
+    stages = {f["trial_id"]: f.get("posthoc_seconds", 0.0) + f.get("final_seconds", 0.0) for f in finalists}
+    out = {}
+    for result in results:
+        m = result.metrics or {}
+        trial_id = m.get("trial_id")
+        if not trial_id:
+            continue
+        train = workers * per_worker * float(m.get("time_total_s") or 0.0) / 3600
+        stage = per_worker * stages.get(trial_id, 0.0) / 3600
+        kimg = float(m.get("kimg") or 0.0)
+        full = train * space.max_kimg / kimg if kimg > 0 else train
+        out[trial_id] = {"hours": train + stage, "train_hours": train, "stage_hours": stage, "kimg": kimg,
+                         "full_hours": max(full, train) + stage}
+    return out
+
+
+def cost_summary(space: Space, costs: dict[str, dict]) -> dict:
+    """The search's totals and the measured saving from early stopping."""
+    unit, _ = cost_unit(space)
+    total = sum(c["hours"] for c in costs.values())
+    full = sum(c["full_hours"] for c in costs.values())
+    return {"unit": unit, "total_hours": total, "train_hours": sum(c["train_hours"] for c in costs.values()),
+            "stage_hours": sum(c["stage_hours"] for c in costs.values()), "no_early_stopping_hours": full,
+            "ratio_to_no_early_stopping": total / full if full > 0 else math.nan}
+
+
+def cost_lines(summary: dict) -> list[str]:
+    u = summary["unit"]
+    return [f"cost: {summary['total_hours']:.4g} {u}-hours in all (trials' training and rung evaluations "
+            f"{summary['train_hours']:.4g}, post-hoc and final stages {summary['stage_hours']:.4g}); the same trials "
+            f"without early stopping: {summary['no_early_stopping_hours']:.4g} {u}-hours, so ASHA's stops spent "
+            f"{100 * summary['ratio_to_no_early_stopping']:.0f}% of that"]
+
+
+class Budget:
+    """search.budget_hours: a new trial starts only while the hours spent plus the projected cost of one more trial
+    (the cost per kimg measured so far, times max_kimg) stay within the budget. ``spent`` maps trial id ->
+    (wall seconds, kimg) of its latest report; it lives in the searcher's state, so a resumed search keeps it."""
+
+    def __init__(self, space: Space) -> None:
+        unit, per_worker = cost_unit(space)
+        self.hours = space.search.budget_hours
+        self.unit, self.units = unit, space.train.resources.workers * per_worker
+        self.max_kimg = space.max_kimg
+
+    def spent_hours(self, spent: dict[str, tuple[float, float]]) -> float:
+        return self.units * sum(seconds for seconds, _ in spent.values()) / 3600
+
+    def projected_trial_hours(self, spent: dict[str, tuple[float, float]]) -> float:
+        kimg = sum(k for _, k in spent.values())
+        return self.spent_hours(spent) / kimg * self.max_kimg if kimg > 0 else 0.0
+
+    def allows_another(self, spent: dict[str, tuple[float, float]]) -> bool:
+        return self.hours is None or self.spent_hours(spent) + self.projected_trial_hours(spent) <= self.hours

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from ..train.driver import local_folder
 from ..train.session import CHECKPOINT_FILE
 from ..typed import from_dict
 from .posthoc import open_study, posthoc_study_name, run_study
+from .results import seed_set_result
 from .space import Space, posthoc_protocol
 
 log = logging.getLogger("spd_tune.finals")
@@ -38,6 +40,7 @@ class Finalist:
     cfg: TrainConfig  # the trial's training config
     run_path: str  # its Train run folder: local, a shared mount or a bucket
     checkpoint: object  # its best ray.train.Checkpoint (the weights a point without a width uses)
+    baseline: bool = False  # the space's first trial (its own config's point): a finalist whatever its rung score
 
     @property
     def power(self) -> bool:
@@ -49,23 +52,35 @@ def _evaluate(cfg_dict: dict, run_path: str, checkpoint, point: PosthocPoint, sa
 
     cfg = from_dict(TrainConfig, cfg_dict)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    started = time.monotonic()
     with ExitStack() as files:  # bucket storage: download only what this point reads
         ckpt = files.enter_context(local_folder(checkpoint)) / CHECKPOINT_FILE
         snapshots = None
         if point.sigma_rel is not None:
             snapshots = files.enter_context(local_folder(f"{run_path.rstrip('/')}/{SNAPSHOT_DIR}"))
-        return evaluate_point(cfg, RunFiles(ckpt, snapshots), point, samples=samples, seed=seed, device=device)
+        result = evaluate_point(cfg, RunFiles(ckpt, snapshots), point, samples=samples, seed=seed, device=device)
+    return {**result, "seconds": time.monotonic() - started}  # the task's wall time, for the search's cost
+
+
+def _task(space: Space):
+    r = space.train.resources
+    return ray.remote(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, resources=r.custom or None)(_evaluate)
 
 
 def evaluator(space: Space, finalist: Finalist, samples: int, seed: int):
     """A batch of points of one finalist -> their results, evaluated in parallel as Ray tasks."""
-    r = space.train.resources
-    task = ray.remote(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, resources=r.custom or None)(_evaluate)
-    cfg = finalist.cfg.to_dict()
+    task, cfg = _task(space), finalist.cfg.to_dict()
 
     def evaluate(points):
         return ray.get([task.remote(cfg, finalist.run_path, finalist.checkpoint, p, samples, seed) for p in points])
     return evaluate
+
+
+def evaluations(space: Space, finalist: Finalist, samples: int, jobs: list[tuple[PosthocPoint, int]]) -> dict:
+    """(point, first seed) -> its result, for every job, evaluated in parallel as Ray tasks."""
+    task, cfg = _task(space), finalist.cfg.to_dict()
+    refs = [task.remote(cfg, finalist.run_path, finalist.checkpoint, p, samples, seed) for p, seed in jobs]
+    return dict(zip(jobs, ray.get(refs)))
 
 
 def run_posthoc(space: Space, optuna_url: str, finalists: list[Finalist]) -> dict[str, list[dict]]:
@@ -123,16 +138,24 @@ def plain_point(space: Space) -> PosthocPoint:
 
 
 def final_scores(space: Space, optuna_url: str, finalist: Finalist, points: dict[str, PosthocPoint]) -> dict:
-    """The final protocol at each named point of one finalist: name -> {score, nfe, point, ema, sampling}. A point
-    scored before (a resumed driver) is read back from the post-hoc study instead of being evaluated again."""
+    """The final protocol at each named point of one finalist, over its seed sets: name -> {score (the mean), std,
+    values, nfe, point, ema, sampling}. A point scored before (a resumed driver) is read back from the post-hoc
+    study instead of being evaluated again."""
     study = open_study(optuna_url, posthoc_study_name(space.train.name, finalist.trial_id), space.search.seed)
     stored = dict(study.user_attrs.get(FINAL_ATTR, {}))
-    todo = {name: p for name, p in points.items() if stored.get(name, {}).get("point") != p.as_dict()}
-    unique = list(dict.fromkeys(todo.values()))  # the plain point can be the best post-hoc point too
     f = space.search.final
-    results = dict(zip(unique, evaluator(space, finalist, f.samples, f.seed)(unique)))
+    sets = f.seed_sets()
+    todo = {name: p for name, p in points.items()
+            if stored.get(name, {}).get("point") != p.as_dict() or len(stored[name].get("values", ())) != len(sets)}
+    unique = list(dict.fromkeys(todo.values()))  # the plain point can be the best post-hoc point too
+    jobs = [(p, seed) for p in unique for seed in sets]
+    results = evaluations(space, finalist, f.samples, jobs)
     for name, p in todo.items():
-        stored[name] = {k: v for k, v in results[p].items() if k != "metric"}
+        runs = [results[(p, seed)] for seed in sets]
+        summary = seed_set_result([r["score"] for r in runs])
+        stored[name] = {**{k: v for k, v in runs[0].items() if k not in ("metric", "score", "seconds")},
+                        "score": summary["mean"], "std": summary["std"], "values": summary["values"],
+                        "seconds": sum(r.get("seconds", 0.0) for r in runs)}
     study.set_user_attr(FINAL_ATTR, stored)
     return {name: {**stored[name], "ema": ema_of(finalist.cfg, p.sigma_rel),
                    "sampling": sampling_of(p, stored[name]["nfe"])} for name, p in points.items()}

@@ -21,6 +21,62 @@ def final_metric_name(metric: str) -> str:
     return f"final_{metric}"
 
 
+def seed_set_result(values: list[float]) -> dict:
+    """A finalist's final protocol over its seed sets: {mean, std, values}; std is the sample standard deviation
+    (0 for one set), and a non-finite value makes the mean NaN rather than being dropped."""
+    values = [float(v) for v in values]
+    if not values or not all(math.isfinite(v) for v in values):
+        return {"mean": math.nan, "std": math.nan, "values": values}
+    mean = math.fsum(values) / len(values)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "values": values}
+
+
+def versus(champion: dict, other: dict) -> dict:
+    """champion - other on final means, with the standard error of that difference from the seed sets.
+    ``significant``: the difference is more than twice its standard error and favours the champion (about a
+    95% two-sided test under a normal approximation). It covers sampling noise only, on fixed trained weights."""
+    delta = champion["mean"] - other["mean"]
+    se = math.sqrt(_var_of_mean(champion) + _var_of_mean(other))
+    significant = bool(math.isfinite(delta) and delta < 0 and abs(delta) > 2 * se)
+    return {"delta": delta, "se": se, "significant": significant}
+
+
+def pooled_std(a: dict, b: dict) -> float:
+    return math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
+
+
+def _var_of_mean(result: dict) -> float:
+    n = max(1, len(result.get("values", ())))
+    return result["std"] ** 2 / n
+
+
+def verdict(metric: str, info: dict) -> list[str]:
+    """The plain-words lines under the champion: its score with its noise, the baseline, the runner-up."""
+    final, lines = info.get("final"), []
+    if not final:
+        return lines
+    n = len(final["values"])
+    lines.append(f"champion {info['trial_id']}: final {metric} {final['mean']:.4f} ± {final['std']:.4f} (std over "
+                 f"{n} seed sets). The error bar covers sampling noise only, on the same trained weights; a second "
+                 "training seed would move the score more.")
+    runner = info.get("runner_up")
+    if runner and runner["final"]["mean"] - final["mean"] < pooled_std(final, runner["final"]):
+        lines.append(f"the runner-up, trial {runner['trial_id']} ({runner['final']['mean']:.4f} ± "
+                     f"{runner['final']['std']:.4f}), is within one pooled standard deviation of the champion: "
+                     "these final scores do not separate the two.")
+    base, vs = info.get("baseline"), info.get("vs_baseline")
+    if base and vs:
+        if base["trial"] == info["trial_id"]:
+            lines.append(f"the champion is the baseline (the space's first trial, trial {base['trial']}).")
+        else:
+            word = "better than" if vs["significant"] else "not distinguishable from"
+            lines.append(f"against the baseline (the space's first trial, trial {base['trial']}: {base['mean']:.4f} ± "
+                         f"{base['std']:.4f}): delta {vs['delta']:+.4f} ± {vs['se']:.4f} (standard error), {word} "
+                         "the baseline at twice the standard error.")
+    return lines
+
+
 def diverged(result: dict | None) -> bool:
     """The run stopped on a non-finite loss (train/loop.py): a failed trial, whatever its earlier scores."""
     return bool(result) and bool(result.get("diverged"))
@@ -61,7 +117,9 @@ def ranked_trials(space: Space, results) -> list[tuple[float, object]]:
     return sorted(ranked, key=lambda item: item[0])
 
 
-def summary_table(space: Space, results) -> str:
+def summary_table(space: Space, results, costs: dict[str, dict] | None = None) -> str:
+    """One line per trial, best first: its params, best rung score, kimg reached, state and, given ``costs``
+    (search/costs.py), its resource-hours."""
     rows = []
     for r in results:
         df = r.metrics_dataframe
@@ -69,13 +127,17 @@ def summary_table(space: Space, results) -> str:
         kimg = r.metrics.get("kimg", 0) if r.metrics else 0
         state = "error" if r.error else "diverged" if diverged(r.metrics) else (
             "stopped" if stopped_early(kimg, space.max_kimg) else "complete")
-        rows.append((metric, r.metrics.get("trial_id", "?") if r.metrics else "?", r.config, kimg, state))
+        trial_id = r.metrics.get("trial_id", "?") if r.metrics else "?"
+        rows.append((metric, trial_id, r.config, kimg, state))
     rows.sort(key=lambda row: (math.isnan(row[0]), row[0]))
     names = list(space.search.params)
-    lines = [f"{'trial':<12}" + "".join(f"{n:>12}" for n in names) + f"{space.metric:>14}{'kimg':>8}  state"]
+    unit = "GPU-h" if space.train.resources.gpus_per_worker > 0 else "CPU-h"
+    lines = [f"{'trial':<12}" + "".join(f"{n:>12}" for n in names) + f"{space.metric:>14}{'kimg':>8}  {'state':<9}"
+             + (f"{unit:>10}" if costs is not None else "")]
     for metric, trial_id, config, kimg, state in rows:
         values = "".join(f"{_fmt(config.get(n)):>12}" for n in names)
-        lines.append(f"{trial_id:<12}{values}{metric:>14.4f}{kimg:>8g}  {state}")
+        cost = f"{costs[trial_id]['hours']:>10.3g}" if costs is not None and trial_id in costs else ""
+        lines.append(f"{trial_id:<12}{values}{metric:>14.4f}{kimg:>8g}  {state:<9}{cost}")
     return "\n".join(lines)
 
 

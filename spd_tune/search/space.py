@@ -84,10 +84,14 @@ class ASHAConfig:
 @dataclass(frozen=True)
 class FinalConfig:
     """After the search: re-score the top_k trials' best checkpoints with a larger protocol (e.g. 50k samples
-    at full T) and pick the champion by that score. top_k = 0 keeps the rung metric's winner."""
+    at full T) and pick the champion by that score. top_k = 0 keeps the rung metric's winner.
+
+    Each finalist is scored on ``seeds`` disjoint sets of ``samples`` images (set s: seeds seed + s * samples + i,
+    as EDM scores three seed ranges): its result is the mean, the standard deviation and the values."""
 
     top_k: int = 0
     samples: int = 50_000
+    seeds: int = 3
     sampler: SamplerKind | None = None  # default: the rung protocol's
     sampler_steps: int | None = None  # None: all T steps (the paper's protocol)
     eta: float = 0.0
@@ -96,6 +100,12 @@ class FinalConfig:
     def __post_init__(self) -> None:
         if self.top_k < 0 or self.samples < 2:
             raise ConfigError("search.final needs top_k >= 0 and samples >= 2")
+        if self.seeds < 1:
+            raise ConfigError(f"search.final.seeds={self.seeds} must be >= 1 (sets of samples scored per finalist)")
+
+    def seed_sets(self) -> list[int]:
+        """The first seed of each set: disjoint ranges of ``samples`` seeds."""
+        return [self.seed + s * self.samples for s in range(self.seeds)]
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,7 @@ class SearchConfig:
     seed: int = 0
     startup_trials: int = 3  # random trials before TPE
     time_budget_s: float | None = None
+    budget_hours: float | None = None  # resource-hours (GPU, or CPU without GPUs): no new trial once it would exceed
     enqueue_defaults: bool = True  # the training config's own values (the paper's point) are the first trial
     asha: ASHAConfig = ASHAConfig()
     final: FinalConfig = FinalConfig()
@@ -162,6 +173,8 @@ class SearchConfig:
             raise ConfigError(f"search.max_concurrent={self.max_concurrent} must be >= 1")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError("search.time_budget_s must be > 0")
+        if self.budget_hours is not None and not (math.isfinite(self.budget_hours) and self.budget_hours > 0):
+            raise ConfigError(f"search.budget_hours={self.budget_hours} must be a number of hours > 0")
         if not self.params:
             raise ConfigError("search.params must name at least one parameter")
 
@@ -249,6 +262,7 @@ def load_space(name_or_path: str, overrides: list[str] = (), output: str | None 
     if search.asha.max_kimg is not None and search.asha.max_kimg > train.total_kimg:
         raise ConfigError(f"search.asha.max_kimg={search.asha.max_kimg} exceeds train.total_kimg={train.total_kimg}")
     check_posthoc(space)
+    check_seeds_disjoint(space)
     train = dataclasses.replace(train, total_kimg=space.max_kimg,
                                 eval=dataclasses.replace(train.eval, at_kimg=tuple(space.rungs())))
     return dataclasses.replace(space, train=train, metric=expected_metric_name(train))
@@ -279,7 +293,6 @@ def check_posthoc(space: Space) -> None:
     if space.search.final.top_k < 1:
         raise ConfigError("search.posthoc needs search.final.top_k >= 1: the final protocol measures what the "
                           "post-hoc stage gained (or set search.posthoc.enabled: false)")
-    check_seeds_disjoint(space)
 
 
 def posthoc_protocol(space: Space) -> tuple[int, int]:
@@ -294,16 +307,21 @@ def seed_ranges(space: Space) -> dict[str, range]:
     ph_samples, ph_seed = posthoc_protocol(space)
     return {"train.eval": range(ev.seed, ev.seed + ev.samples),
             "search.posthoc": range(ph_seed, ph_seed + ph_samples),
-            "search.final": range(f.seed, f.seed + f.samples)}
+            "search.final": range(f.seed, f.seed + f.seeds * f.samples)}
 
 
 def check_seeds_disjoint(space: Space) -> None:
-    """The final protocol must not reuse the seeds that points were selected on: the gain would be inflated."""
+    """The final protocol must not reuse the seeds that trials and points were selected on: the gain would be
+    inflated."""
+    if not space.search.final.top_k:
+        return
     ranges = seed_ranges(space)
+    if not space.search.posthoc.enabled:
+        ranges.pop("search.posthoc")
     final = ranges.pop("search.final")
     for name, other in ranges.items():
         if final.start < other.stop and other.start < final.stop:
-            raise ConfigError(f"search.final.seed={final.start} with {len(final)} samples reuses seeds of {name} "
+            raise ConfigError(f"search.final.seed={final.start} with {len(final)} seeds reuses seeds of {name} "
                               f"({other.start}..{other.stop - 1}): the final protocol needs seeds the rungs and the "
                               "post-hoc stage never saw; move search.final.seed")
 

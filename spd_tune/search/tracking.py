@@ -163,8 +163,10 @@ class MLflowCallback(Callback):
 
 
 def finish_search(tracking_uri: str, experiment: str, summary: str, champion: dict | None, optuna_url: str,
-                  front: list | None = None) -> None:
-    """The parent run gets the study summary, the champion and Optuna's plots (matplotlib PNGs), then ends."""
+                  front: list | None = None, metrics: dict[str, float] | None = None,
+                  files: list[Path] = ()) -> None:
+    """The parent run gets the study summary, the champion, the search's own metrics (rung trust, costs) and
+    Optuna's plots (matplotlib PNGs), then ends."""
     try:
         client = client_for(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
@@ -172,6 +174,11 @@ def finish_search(tracking_uri: str, experiment: str, summary: str, champion: di
         if not runs:
             return
         parent = runs[0].info.run_id
+        if metrics:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())])
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "summary.txt").write_text(summary + "\n")
             client.log_artifact(parent, str(Path(tmp) / "summary.txt"))
@@ -182,11 +189,28 @@ def finish_search(tracking_uri: str, experiment: str, summary: str, champion: di
             if front is not None:
                 (Path(tmp) / "pareto_front.json").write_text(json.dumps(front, indent=2, default=str))
                 client.log_artifact(parent, str(Path(tmp) / "pareto_front.json"))
+            for path in files:  # e.g. report.html
+                client.log_artifact(parent, str(path))
             for path in _optuna_plots(optuna_url, experiment, Path(tmp)):
                 client.log_artifact(parent, str(path), artifact_path="optuna")
         client.set_terminated(parent, "FINISHED")
     except Exception as err:
         log.warning("MLflow search summary failed (%s: %s)", type(err).__name__, err)
+
+
+def log_costs(tracking_uri: str, experiment: str, hours: dict[str, float], unit: str) -> None:
+    """Every trial's resource-hours on its own run (stopped and failed ones too): ``cost_hours`` and the tag
+    ``spd_tune.cost_unit`` (GPU or CPU)."""
+    try:
+        client = client_for(tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        for trial_id, value in sorted(hours.items()):
+            run_id = trial_run_id(client, exp.experiment_id, trial_id)
+            if run_id:
+                client.log_metric(run_id, "cost_hours", float(value))
+                client.set_tag(run_id, "spd_tune.cost_unit", unit)
+    except Exception as err:
+        log.warning("MLflow costs failed (%s: %s)", type(err).__name__, err)
 
 
 def _optuna_plots(optuna_url: str, study_name: str, folder: Path) -> list[Path]:
@@ -258,6 +282,8 @@ def log_final_scores(tracking_uri: str, experiment: str, name: str, finalists: l
             run_id = trial_run_id(client, exp.experiment_id, finalist["trial_id"])
             if run_id:
                 client.log_metric(run_id, name, float(finalist[name]))
+                if finalist.get("final"):
+                    client.log_metric(run_id, f"{name}_std", float(finalist["final"]["std"]))
                 for point in ("plain", "posthoc"):
                     if point in finalist:
                         client.log_metric(run_id, f"{name}_{point}", float(finalist[point][name]))

@@ -12,10 +12,12 @@ import sys
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..train.config import nimg, stopped_early
 from ..train.driver import ReportQueue, build_trainer, fit_reporting, trial_callbacks
+from .costs import Budget
 from .plan import Layout
 from .results import diverged, trial_run_name
 from .space import Space
@@ -40,13 +42,27 @@ def make_searcher(space: Space, layout: Layout) -> OptunaSearch:
         """Intermediate values keyed by training images (stable across restores), and ASHA stops as PRUNED."""
 
         def suggest(self, trial_id: str):
+            spent = self.__dict__.setdefault("_spd_spent", {})  # in the searcher's saved state: kept on resume
+            if not budget.allows_another(spent):
+                if not self.__dict__.get("_spd_budget_said"):
+                    self._spd_budget_said = True
+                    print(f"[spd-tune] budget: {budget.spent_hours(spent):.4g} of {budget.hours:g} {budget.unit}-hours "
+                          f"spent, one more trial would take about {budget.projected_trial_hours(spent):.4g}: no new "
+                          "trials", flush=True)
+                return Searcher.FINISHED
             suggestion = super().suggest(trial_id)
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is not None:  # Tune, Optuna and MLflow records join on the Tune trial id
                 ot_trial.set_user_attr("spd_tune.trial_id", trial_id)
             return suggestion
 
+        def _spend(self, trial_id: str, result: dict | None) -> None:
+            if result and "time_total_s" in result:
+                spent = self.__dict__.setdefault("_spd_spent", {})
+                spent[trial_id] = (float(result["time_total_s"]), float(result.get("kimg") or 0.0))
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
+            self._spend(trial_id, result)
             if isinstance(self.metric, list):  # Optuna keeps no intermediate values for several objectives
                 return
             if trial_id not in self._completed_trials and trial_id in self._ot_trials:
@@ -61,6 +77,7 @@ def make_searcher(space: Space, layout: Layout) -> OptunaSearch:
                 ot_trial.report(value, step)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            self._spend(trial_id, result)
             if diverged(result) and trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._completed_trials.add(trial_id)
                 ot_trial = self._ot_trials[trial_id]
@@ -78,6 +95,7 @@ def make_searcher(space: Space, layout: Layout) -> OptunaSearch:
                 return
             super().on_trial_complete(trial_id, result, error)
 
+    budget = Budget(space)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     points = [space.default_point()] if space.search.enqueue_defaults else None
     multi = space.search.multi_objective.enabled

@@ -21,6 +21,7 @@ from .averaging import SNAPSHOT_DIR
 
 CHECKPOINT_FILE = "checkpoint.pt"
 GRID_FILE = "samples.png"
+GRID_MIN_WIDTH = 512  # px
 
 
 def write_checkpoint_dir(directory: Path, state: Checkpoint, grid: np.ndarray | None,
@@ -31,7 +32,12 @@ def write_checkpoint_dir(directory: Path, state: Checkpoint, grid: np.ndarray | 
         from torchvision.utils import save_image
 
         images = torch.from_numpy(grid).permute(0, 3, 1, 2).float() / 255
-        save_image(images, Path(directory) / GRID_FILE, nrow=int(math.ceil(math.sqrt(len(images)))))
+        nrow = int(math.ceil(math.sqrt(len(images))))
+        # nearest-neighbour upscaling to at least GRID_MIN_WIDTH px: a grid of 16 px images is visible
+        scale = max(1, math.ceil(GRID_MIN_WIDTH / (nrow * images.shape[-1])))
+        if scale > 1:
+            images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+        save_image(images, Path(directory) / GRID_FILE, nrow=nrow, padding=2 * scale)
 
 
 class Session:

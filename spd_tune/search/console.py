@@ -1,0 +1,52 @@
+"""What a search prints: Tune's status table and our own one-line events. Ray's and the workers' verbose output
+(worker prints, Ray Train's checkpoint notices, placement-group clean-up) goes to ``<output>/<space>/ray.log``,
+once each; ``--verbose`` brings it back to the console.
+
+Ray forwards worker output to the driver through one handler of its stream dispatcher, and logs its own notices
+through the ``ray`` logger; both are pointed at the file for the search's duration and restored after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Iterator
+
+RAY_LOG = "ray.log"
+_HANDLER = "ray_print_logs"  # the name ray._private.worker gives its driver-side printer
+
+
+@contextlib.contextmanager
+def ray_output_to(path: Path) -> Iterator[Path]:
+    """Send worker output and Ray's own log records to ``path`` (appended) while the block runs."""
+    from ray._private import worker as ray_worker
+
+    dispatcher = ray_worker.global_worker_stdstream_dispatcher
+    file = open(path, "a", buffering=1)
+    saved = list(dispatcher.handlers)
+    ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+
+    def to_file(data: dict) -> None:
+        ray_worker.print_worker_logs(data, file, ignore_prefix)
+
+    if any(name == _HANDLER for name, _ in saved):
+        dispatcher.remove_handler(_HANDLER)
+        dispatcher.add_handler(_HANDLER, to_file)
+    ray_logger = logging.getLogger("ray")
+    kept = [h for h in ray_logger.handlers if isinstance(h, logging.StreamHandler)
+            and not isinstance(h, logging.FileHandler)]
+    file_handler = logging.StreamHandler(file)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for h in kept:
+        ray_logger.removeHandler(h)
+    ray_logger.addHandler(file_handler)
+    try:
+        yield path
+    finally:
+        ray_logger.removeHandler(file_handler)
+        for h in kept:
+            ray_logger.addHandler(h)
+        with dispatcher._lock:
+            dispatcher.handlers = saved
+        file.close()

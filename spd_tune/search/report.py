@@ -1,0 +1,225 @@
+"""One self-contained report of a finished search: ``<output>/<space>/report.html``, also on the parent MLflow run.
+
+It renders what search/results, trust and costs computed: the trial table, the metric curves, rung trust, the
+score-against-NFE front, parameter importances, the champion's and the baseline's samples, the costs and the lines
+that reproduce the champion. Every figure is a PNG embedded as a data URI; nothing points to the network, so the
+file opens anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import shlex
+import time
+from pathlib import Path
+
+from .results import final_metric_name
+from .space import Space
+from .trust import rung_table
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #ddd}
+pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}.pair{display:flex;gap:1em}
+.pair figure{margin:0;flex:1}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return _img(buffer.getvalue())
+
+
+def _img(png: bytes, alt: str = "") -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.{digits}g}"
+    return html.escape(str(value))
+
+
+def trial_table(space: Space, results, info: dict, costs: dict[str, dict], unit: str) -> str:
+    rungs = space.rungs()
+    table = rung_table(space, results)
+    finals = {f["trial_id"]: f for f in (info.get("finalists") or [info])}
+    params = list(space.search.params)
+    head = (["trial", *params] + [f"kimg {r:g}" for r in rungs]
+            + [f"final {space.metric} (mean ± std)", "state", f"cost ({unit}-hours)"])
+    rows = []
+    for result in results:
+        m = result.metrics or {}
+        trial_id = m.get("trial_id", "?")
+        f = finals.get(trial_id)
+        final = f"{f['final']['mean']:.4f} ± {f['final']['std']:.4f}" if f and f.get("final") else ""
+        if f and f.get("baseline"):
+            final += " (baseline)"
+        state = result_state(space, result)
+        if trial_id == info.get("trial_id"):
+            state += ", champion"
+        cells = [trial_id, *[_fmt(result.config.get(p)) for p in params],
+                 *[_fmt(table.get(trial_id, {}).get(r, math.nan)) for r in rungs], final, state,
+                 _fmt(costs.get(trial_id, {}).get("hours", math.nan), 3)]
+        rows.append(cells)
+    rows.sort(key=lambda c: c[0])
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for cells in rows:
+        out.append("<tr>" + "".join(f'<td{" class=l" if i == 0 else ""}>{html.escape(str(c))}</td>'
+                                    for i, c in enumerate(cells)) + "</tr>")
+    return "\n".join(out + ["</table>"])
+
+
+def result_state(space: Space, result) -> str:
+    from ..train.config import stopped_early
+    from .results import diverged
+
+    kimg = (result.metrics or {}).get("kimg", 0)
+    if result.error:
+        return "error"
+    if diverged(result.metrics):
+        return "diverged"
+    return f"stopped at {kimg:g} kimg" if stopped_early(kimg, space.max_kimg) else "complete"
+
+
+def curves_figure(space: Space, results) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for result in results:
+        df = result.metrics_dataframe
+        if df is None or space.metric not in df or "kimg" not in df:
+            continue
+        points = sorted((k, v) for k, v in zip(df["kimg"], df[space.metric]) if isinstance(v, (int, float))
+                        and math.isfinite(v))
+        if points:
+            ax.plot(*zip(*points), marker="o", ms=3, lw=1, label=(result.metrics or {}).get("trial_id", "?"))
+    for rung in space.rungs():
+        ax.axvline(rung, color="#bbb", lw=0.8, ls=":")
+    ax.set_xlabel("kimg (dotted: ASHA rungs)")
+    ax.set_ylabel(space.metric)
+    ax.set_title(f"{space.metric} at each evaluation")
+    ax.legend(fontsize=7, ncol=2)
+    return _png(fig)
+
+
+def trust_figure(space: Space, results, plain: dict[str, float]) -> str | None:
+    table = rung_table(space, results)
+    rungs = space.rungs()
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(rungs), figsize=(3.6 * len(rungs), 3.2), squeeze=False, constrained_layout=True)
+    for ax, rung in zip(axes[0], rungs):
+        ids = [t for t in plain if rung in table.get(t, {})]
+        ax.scatter([table[t][rung] for t in ids], [plain[t] for t in ids], s=18)
+        for t in ids:
+            ax.annotate(t, (table[t][rung], plain[t]), fontsize=6)
+        ax.set_xlabel(f"{space.metric} at kimg {rung:g}")
+        ax.set_ylabel(f"final {space.metric} (plain point)")
+    fig.suptitle("rung scores against final scores (finalists)", fontsize=10)
+    return _png(fig)
+
+
+def importance_figure(space: Space, optuna_url: str) -> str | None:
+    import optuna
+
+    study = optuna.load_study(study_name=space.train.name, storage=optuna_url)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(done) < 2 or len(study.directions) > 1:
+        return None
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # e.g. every parameter constant over the completed trials
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(importances) + 1))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel(f"importance for {space.metric} (fANOVA, {len(done)} completed trials)")
+    return _png(fig)
+
+
+def grid_image(path: Path | None, caption: str) -> str:
+    if path is None or not Path(path).is_file():
+        return f"<figure><figcaption>{html.escape(caption)}: no sample grid on this machine</figcaption></figure>"
+    return f"<figure>{_img(Path(path).read_bytes(), caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def reproduce(space: Space, info: dict, argv: list[str] | None) -> str:
+    params = " ".join(f"--set {shlex.quote(f'{space.search.params[k].path}={v}')}" for k, v in info["params"].items())
+    f = space.search.final
+    sampling = info.get("sampling") or {}
+    sample_flags = "".join(f" --{k} {sampling[k]}" for k in ("sampler", "steps", "eta") if k in sampling)
+    search = " ".join(shlex.quote(a) for a in (argv or [space.train.name]))
+    lines = [f"# the search: python -m spd_tune.search {search}",
+             f"# the champion's training (seed {space.train.seed}):",
+             f"python -m spd_tune.train {shlex.quote(space.train.name)} {params}",
+             "# its samples and score with the final protocol's seed sets:"]
+    for s, seed in enumerate(f.seed_sets()):
+        lines.append(f"python -m spd_tune.sample {info['best_dir']}/model.pt --n {f.samples} --seed {seed}"
+                     f"{sample_flags} --out set{s}.npz")
+    return html.escape("\n".join(lines))
+
+
+def write_report(path: Path, space: Space, results, info: dict, *, lines: list[str], costs: dict[str, dict],
+                 spent: dict, trust: dict, plain: dict[str, float], optuna_url: str, argv: list[str] | None,
+                 front_png: Path | None = None) -> Path:
+    """Render the report of a finished search to ``path`` and return it."""
+    final_name = final_metric_name(space.metric)
+    baseline = next((f for f in (info.get("finalists") or []) if f.get("baseline")), None)
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>spd-tune search {html.escape(space.train.name)}"
+             f"</title><style>{STYLE}</style></head><body>",
+             f"<h1>Search {html.escape(space.train.name)}: {len(list(results))} trials, metric {space.metric}</h1>",
+             f"<p>Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Lower is better.</p>",
+             "<h2>Result</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>",
+             "<h2>Trials</h2>", trial_table(space, results, info, costs, spent["unit"]),
+             "<h2>Metric curves</h2>", curves_figure(space, results)]
+    if plain:
+        parts += ["<h2>Rung trust</h2><table><tr><th class=l>correlation</th><th>Spearman rho</th><th>pairs</th></tr>"]
+        parts += [f"<tr><td class=l>{html.escape(n)}</td><td>{_fmt(t['rho'], 3)}</td><td>{t['pairs']}</td></tr>"
+                  for n, t in trust.items()]
+        parts += ["</table>", trust_figure(space, results, plain) or ""]
+    if front_png is not None and Path(front_png).is_file():
+        parts += ["<h2>Score against NFE (post-hoc evaluations)</h2>", _img(Path(front_png).read_bytes(), "front")]
+    importance = importance_figure(space, optuna_url)
+    if importance:
+        parts += ["<h2>Parameter importances</h2>", importance]
+    champion_grid = Path(info["best_dir"]) / "samples.png" if info.get("best_dir") else None
+    baseline_grid = Path(baseline["checkpoint"]) / "samples.png" if baseline and "://" not in str(
+        baseline.get("checkpoint", "")) else None
+    parts += ["<h2>Samples</h2><p>From each trial's best checkpoint, with the rung protocol's sampler.</p>"
+              "<div class=pair>", grid_image(champion_grid, f"champion, trial {info['trial_id']}"),
+              grid_image(baseline_grid, f"baseline, trial {baseline['trial_id']}" if baseline else "baseline: none"),
+              "</div>"]
+    u = spent["unit"]
+    parts += [f"<h2>Cost ({u}-hours)</h2><table>",
+              f"<tr><td class=l>trials' training and rung evaluations</td><td>{spent['train_hours']:.4g}</td></tr>",
+              f"<tr><td class=l>post-hoc and final stages</td><td>{spent['stage_hours']:.4g}</td></tr>",
+              f"<tr><td class=l>total</td><td>{spent['total_hours']:.4g}</td></tr>",
+              f"<tr><td class=l>the same trials without early stopping</td>"
+              f"<td>{spent['no_early_stopping_hours']:.4g}</td></tr></table>"]
+    config = info.get("best_dir") and Path(info["best_dir"]) / "config.json"
+    parts += ["<h2>Reproduce the champion</h2>", f"<pre>{reproduce(space, info, argv)}</pre>",
+              f"<p>{final_name} {info.get(final_name, math.nan):.4f} was scored with seed sets "
+              f"{space.search.final.seed_sets()} of {space.search.final.samples} samples each.</p>"]
+    if config and config.is_file():
+        parts += ["<details><summary>the champion's training config (config.json)</summary><pre>"
+                  + html.escape(json.dumps(json.loads(config.read_text()), indent=2)) + "</pre></details>"]
+    parts.append("<p>Method: Das, Fotiadis et al., Image generation with shortest path diffusion, ICML 2023, "
+                 "arXiv:2306.00501.</p></body></html>")
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,110 @@
+"""Rung trust: did early stopping rank trials the way the final protocol does?
+
+ASHA stops trials by their scores at the rungs (few samples, few sampler steps, early weights). After the search,
+Spearman's rank correlation between each rung's scores and the finalists' final scores (at their plain point:
+the final protocol's sampler on the rung EMA, so only the protocol differs), and between consecutive rungs over
+every trial that reached both, says how far those early rankings can be trusted. Logged on the parent run as
+``trust_*`` metrics with their pair counts, always, even when the pairs are few.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .space import Space
+
+MIN_RHO, MIN_PAIRS = 0.5, 4  # below either, the summary warns
+
+
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rho: Pearson's correlation of the ranks; NaN with fewer than 2 pairs or a constant side."""
+    if len(x) != len(y) or len(x) < 2:
+        return math.nan
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+
+
+def rung_table(space: Space, results) -> dict[str, dict[float, float]]:
+    """trial id -> {rung kimg: its score at that rung}: the first report at or after each rung and before the next."""
+    rungs = space.rungs()
+    table = {}
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id")
+        df = result.metrics_dataframe
+        if not trial_id or df is None or space.metric not in df or "kimg" not in df:
+            continue
+        reports = [(float(k), float(v)) for k, v in zip(df["kimg"], df[space.metric])
+                   if isinstance(v, (int, float)) and math.isfinite(v)]
+        scores = {}
+        for i, rung in enumerate(rungs):
+            upper = rungs[i + 1] if i + 1 < len(rungs) else math.inf
+            at = [v for k, v in sorted(reports) if rung - 1e-9 <= k < upper - 1e-9]
+            if at:
+                scores[rung] = at[0]
+        table[trial_id] = scores
+    return table
+
+
+def _name(kimg: float) -> str:
+    return f"kimg{kimg:g}"
+
+
+def rung_trust(space: Space, results, finals: dict[str, float]) -> dict[str, dict]:
+    """{metric name: {rho, pairs, rung, against}} for each rung against the final scores (trial id -> plain-point
+    final mean) and for each pair of consecutive rungs."""
+    table = rung_table(space, results)
+    rungs = space.rungs()
+    out = {}
+    for rung in rungs:
+        ids = [t for t, s in table.items() if rung in s and t in finals and math.isfinite(finals[t])]
+        out[f"trust_{_name(rung)}_final"] = {
+            "rho": spearman([table[t][rung] for t in ids], [finals[t] for t in ids]), "pairs": len(ids),
+            "rung": rung, "against": "final"}
+    for a, b in zip(rungs, rungs[1:]):
+        ids = [t for t, s in table.items() if a in s and b in s]
+        out[f"trust_{_name(a)}_{_name(b)}"] = {
+            "rho": spearman([table[t][a] for t in ids], [table[t][b] for t in ids]), "pairs": len(ids),
+            "rung": a, "against": f"kimg {b:g}"}
+    return out
+
+
+def trust_metrics(trust: dict[str, dict]) -> dict[str, float]:
+    """The MLflow metrics: each correlation (NaN when undefined) and its pair count."""
+    out = {}
+    for name, t in trust.items():
+        out[name] = t["rho"]
+        out[f"{name}_pairs"] = float(t["pairs"])
+    return out
+
+
+def trust_warnings(trust: dict[str, dict]) -> list[str]:
+    """One line naming every rung whose correlation is weak or rests on too few pairs, and what to change."""
+    weak = []
+    for t in trust.values():
+        if t["pairs"] < MIN_PAIRS or not math.isfinite(t["rho"]) or t["rho"] < MIN_RHO:
+            rho = f"{t['rho']:.2f}" if math.isfinite(t["rho"]) else "undefined"
+            weak.append(f"kimg {t['rung']:g} vs {t['against']}: rho {rho} over {t['pairs']} pair(s)")
+    if not weak:
+        return []
+    return [f"warning: rung trust (Spearman's rho of rung scores against later scores) is below {MIN_RHO} or rests "
+            f"on fewer than {MIN_PAIRS} pairs for: {'; '.join(weak)}. Early stopping at those rungs may drop trials "
+            "that would win: consider a later search.asha.grace_kimg, more rung samples (train.eval.samples), or "
+            "more finalists (search.final.top_k)."]
