@@ -1,5 +1,7 @@
 """A real tiny search end to end: Ray Tune over Ray Train, a real Optuna SQLite study, a real MLflow store."""
 
+import contextlib
+import io
 import json
 import math
 
@@ -29,8 +31,20 @@ def finished_search(ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
     sets = [arg for item in TINY for arg in ("--set", item)]
     sets += ["--set", f"train.data.cache_dir={out / 'cache'}"]
-    assert main(["demo", "--output", str(out), *sets]) == 0
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):  # Ray forwards worker output to sys.stdout as it is at print time
+        assert main(["demo", "--output", str(out), *sets]) == 0
+    (out / "console.txt").write_text(console.getvalue())
     return out / "demo"
+
+
+def test_the_console_keeps_to_what_a_person_follows(finished_search):
+    console = (finished_search.parent / "console.txt").read_text()
+    assert "champion: trial" in console and "search wall time" in console and "report:" in console
+    assert "Trial status" in console  # Tune's status table
+    assert "[spd-tune] evaluating" not in console and "RayTrainWorker" not in console  # workers: in ray.log
+    ray_log = (finished_search / "ray.log").read_text()
+    assert "[spd-tune] evaluating" in ray_log and "RayTrainWorker" in ray_log
 
 
 def test_every_trial_is_in_tune_optuna_and_mlflow(finished_search):

@@ -15,6 +15,7 @@ from typing import Iterator
 
 RAY_LOG = "ray.log"
 _HANDLER = "ray_print_logs"  # the name ray._private.worker gives its driver-side printer
+LIBRARY_LOGGERS = ("ray", "mlflow")  # their console handlers write to the file instead
 
 
 @contextlib.contextmanager
@@ -33,20 +34,24 @@ def ray_output_to(path: Path) -> Iterator[Path]:
     if any(name == _HANDLER for name, _ in saved):
         dispatcher.remove_handler(_HANDLER)
         dispatcher.add_handler(_HANDLER, to_file)
-    ray_logger = logging.getLogger("ray")
-    kept = [h for h in ray_logger.handlers if isinstance(h, logging.StreamHandler)
-            and not isinstance(h, logging.FileHandler)]
     file_handler = logging.StreamHandler(file)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for h in kept:
-        ray_logger.removeHandler(h)
-    ray_logger.addHandler(file_handler)
+    moved = {}
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        moved[name] = [h for h in logger.handlers  # console handlers only
+                       if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+        for h in moved[name]:
+            logger.removeHandler(h)
+        logger.addHandler(file_handler)
     try:
         yield path
     finally:
-        ray_logger.removeHandler(file_handler)
-        for h in kept:
-            ray_logger.addHandler(h)
+        for name, handlers in moved.items():
+            logger = logging.getLogger(name)
+            logger.removeHandler(file_handler)
+            for h in handlers:
+                logger.addHandler(h)
         with dispatcher._lock:
             dispatcher.handlers = saved
         file.close()
