@@ -449,3 +449,41 @@ def test_the_report_is_one_self_contained_html_file(finished_search):
     parent = client.search_runs([client.get_experiment_by_name("demo").experiment_id],
                                 filter_string="tags.`spd_tune.role` = 'search'")[0]
     assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_a_search_on_a_folder_of_images_is_centred_on_their_spectrum(ray_cluster, tmp_path):
+    """search_spaces/folder.yaml end to end on generated PNGs given with --data-dir: the fit runs on the driver,
+    the first trial uses it, every trial stays in the fitted ranges, and the parent run keeps the fit."""
+    import torch
+    from torchvision.utils import save_image
+
+    from spd_tune.data.dead_leaves import cached_dead_leaves
+
+    folder = tmp_path / "my_images"
+    folder.mkdir()
+    for i, image in enumerate(cached_dead_leaves(96, 16, seed=7, cache_dir=str(tmp_path / "gen"))):
+        save_image(torch.from_numpy(image).permute(2, 0, 1).float() / 255, folder / f"{i:03d}.png")
+    items = [*TINY[:-1], "train.data.image_size=16", "train.model.preset=micro", "train.process.c2=1.0",
+             "train.process.steps=100", "train.eval.features={dims: 64, weights: random}", "train.eval.ref_count=64",
+             "train.resources={workers: 1, cpus_per_worker: 1}", "train.ema.snapshot_kimg=0",
+             "search.params.T={path: process.steps, type: int, low: 50, high: 200, log: true}",
+             "search.params.lr={path: optim.lr, type: float, low: 1e-3, high: 3e-3, log: true}",
+             "train.optim.lr=2e-3", "train.optim.warmup_kimg=0", "search.trials=2", "search.final.top_k=1",
+             "search.final.seeds=1", "search.posthoc.enabled=false"]
+    args = ["folder", "--data-dir", str(folder), "--output", str(tmp_path)]
+    args += [arg for item in items for arg in ("--set", item)]
+    assert main(args) == 0
+    root = tmp_path / "folder"
+    fit = json.loads((root / "spectrum_fit.json").read_text())
+    assert fit["images"] == 96 and fit["fit"]["c2"] == 1.0
+    study = optuna.load_study(study_name="folder", storage=f"sqlite:///{root / 'optuna.db'}")
+    assert study.trials[0].params["m"] == pytest.approx(fit["fit"]["m"])
+    assert study.trials[0].params["c1"] == pytest.approx(fit["fit"]["c1"])
+    for trial in study.trials:
+        for name in ("m", "c1"):
+            low, high = fit["ranges"][name]
+            assert low <= trial.params[name] <= high
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    parent = client.search_runs([client.get_experiment_by_name("folder").experiment_id],
+                                filter_string="tags.`spd_tune.role` = 'search'")[0]
+    assert {"spectrum_fit.json", "spectrum.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}

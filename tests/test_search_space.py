@@ -1,5 +1,7 @@
 """Search spaces: shipped ones load; malformed ones fail before Ray starts, naming key, value and what is allowed."""
 
+import math
+
 import pytest
 import yaml
 
@@ -174,3 +176,36 @@ def test_posthoc_k_min_is_checked_against_the_lowest_searched_t():
     assert space.search.posthoc.k_min == 250
     with pytest.raises(ConfigError, match="lowest T the space allows \\(250\\)"):
         load_space("cifar10", ["search.posthoc.enabled=true", "search.posthoc.k_min=251"])
+
+
+def test_an_around_fit_space_is_centred_on_the_datas_spectrum_fit(tmp_path):
+    from spd_tune.data import load_images
+    from spd_tune.data.spectrum import fit_data
+
+    sets = [f"train.data.cache_dir={tmp_path}", "train.data.demo_count=512",
+            "search.params.m={path: process.m, type: float, around: fit, width: 0.5}",
+            "search.params.c1={path: process.c1, type: float, around: fit, width: 0.7, log: true}"]
+    space = load_space("demo", sets)
+    expected = fit_data(load_images(space.train.data), c2=1.0, bootstrap=0)  # the demo's c2
+    m, c1 = space.search.params["m"], space.search.params["c1"]
+    assert (m.low + m.high) / 2 == pytest.approx(expected.m) and m.high - m.low == pytest.approx(1.0)
+    assert math.sqrt(c1.low * c1.high) == pytest.approx(expected.c1)
+    assert c1.high / c1.low == pytest.approx(math.exp(1.4))
+    assert space.default_point()["m"] == pytest.approx(expected.m)  # the first trial uses the fitted values
+    assert space.train.process.c1 == pytest.approx(expected.c1)
+    assert space.fit["ranges"]["m"] == [m.low, m.high] and space.fit["fit"]["ci"]["m"][0] < expected.m
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("{path: process.m, type: float, around: fit, width: -1}", "width=-1.0 must be a positive number"),
+    ("{path: process.m, type: float, around: fit, width: 0}", "width=0.0 must be a positive number"),
+    ("{path: process.m, type: float, around: fit}", "width=None must be a positive number"),
+    ("{path: process.m, type: float, around: mean, width: 1}", "the only centre is 'fit'"),
+    ("{path: process.steps, type: int, around: fit, width: 1}", "around: fit centres process.m or process.c1"),
+    ("{path: process.m, type: float, around: fit, width: 1, low: 1, high: 3}", "either around: fit"),
+])
+def test_a_bad_around_fit_is_refused_before_the_data_is_read(tmp_path, spec, message):
+    # the data folder does not exist: these errors come before any image is read
+    sets = ["train.data.name=folder", f"train.data.root={tmp_path / 'nowhere'}", f"search.params.m={spec}"]
+    with pytest.raises(ConfigError, match=message):
+        load_space("demo", sets)

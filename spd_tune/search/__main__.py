@@ -29,6 +29,7 @@ from ..train.config import resolve_on_driver
 from ..train.evaluation import resolved_metric_name
 from .console import RAY_LOG, ray_output_to
 from .costs import cost_lines, cost_summary, cost_table, cost_unit, trial_costs
+from .fit import describe_fit, write_fit_plot
 from .front import with_posthoc
 from .plan import Layout, concurrency, search_exists
 from .preflight import check_optuna_url, check_tracking_uri
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("space", help="cifar10, imagenet64, demo, or a path to a space YAML")
     p.add_argument("--trials", type=int)
     p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--data-dir", help="the data folder (train.data.root): a folder of images for the folder space, "
+                   "ImageNet-64's batches, or where CIFAR-10 is or goes")
     p.add_argument("--budget-hours", type=float, help="resource-hours (GPU, or CPU without GPUs) the trials may "
                    "spend: no new trial starts once it would exceed them (search.budget_hours)")
     p.add_argument("--output", help="where the search writes (default: ./spd_runs)")
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(f"search.max_concurrent={args.max_concurrent}")
     if args.budget_hours is not None:
         sets.append(f"search.budget_hours={args.budget_hours}")
+    if args.data_dir is not None:
+        sets.append(f"train.data.root={json.dumps(args.data_dir)}")
     found, started = {}, time.monotonic()
     with contextlib.ExitStack() as quiet:  # holds ray.log open from preflight's end to the search's
         code = run_main(lambda: _search(args, sets, found, quiet))
@@ -116,6 +121,9 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
     # as possible; what it still loses is reconciled after the resumed search
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     print(describe(space, layout, max_concurrent), flush=True)
+    if space.fit:  # the fit's plot, kept with the search and logged on its parent run
+        write_fit_plot(space.train, space.fit, layout.root / "spectrum.png")
+        (layout.root / "spectrum_fit.json").write_text(json.dumps(space.fit, indent=2))
     from .tuner import build_tuner  # Ray Tune, Train and Optuna: imported only once the search really starts
 
     found.update(space=space, layout=layout, results=build_tuner(space, layout, max_concurrent, args.resume,
@@ -160,12 +168,13 @@ def conclude(space: Space, layout: Layout, results, argv: list[str] | None = Non
     metrics = {**trust_metrics(trust), "cost_hours_total": spent["total_hours"],
                "cost_hours_no_early_stopping": spent["no_early_stopping_hours"]}
     front_png = layout.root / "posthoc" / "front.png" if best.get("posthoc_front") else None
+    fit_files = [layout.root / n for n in ("spectrum_fit.json", "spectrum.png") if (layout.root / n).is_file()]
     report = write_report(layout.root / "report.html", space, results, best, lines=lines, costs=costs, spent=spent,
                           trust=trust, plain=plain_finals(finalists), optuna_url=layout.optuna_url, argv=argv,
                           front_png=front_png)
     print(f"report: {report}")
     finish_search(layout.tracking_uri, space.train.name, "\n".join([summary, "", *lines]),
-                  {**best, "trust": trust, "cost": spent}, layout.optuna_url, front, metrics, [report])
+                  {**best, "trust": trust, "cost": spent}, layout.optuna_url, front, metrics, [report, *fit_files])
     print(f"compare the trials: python -m spd_tune.ui {layout.root}")
     return 0
 
@@ -196,6 +205,8 @@ def describe(space: Space, layout: Layout, max_concurrent: int | None = None) ->
     for name, spec in space.search.params.items():
         rng = f"{list(spec.choices)}" if spec.type == "categorical" else f"[{spec.low:g}, {spec.high:g}]"
         lines.append(f"  {name:<8} {spec.type:<12} {rng}{' log' if spec.log else ''}  -> {spec.path}")
+    if space.fit:
+        lines += describe_fit(space.fit)
     lines.append(f"  first trial (the config's own values): {space.default_point()}")
     lines.append(f"  ASHA rungs at kimg {space.rungs()} (evaluate + checkpoint at each)")
     ph, final = space.search.posthoc, space.search.final

@@ -35,11 +35,17 @@ class ParamSpec:
     high: float | None = None
     log: bool = False
     choices: tuple = ()
+    around: str | None = None  # "fit": centred on the training data's spectrum fit (search/fit.py)
+    width: float | None = None  # with around: the half-width (in ln units when log)
 
     def validate(self, name: str) -> None:
         where = f"search.params.{name}"
         if self.type not in PARAM_TYPES:
             raise ConfigError(f"{where}.type={self.type!r} must be one of {list(PARAM_TYPES)}")
+        if self.around is not None or self.width is not None:
+            self.validate_around(where)
+            if self.low is None:  # not resolved yet: the range comes from the fit
+                return
         if self.type == "categorical":
             if len(self.choices) < 1:
                 raise ConfigError(f"{where}.choices must list at least one value")
@@ -52,6 +58,20 @@ class ParamSpec:
             raise ConfigError(f"{where}: a log range needs low > 0, got low={self.low}")
         if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
             raise ConfigError(f"{where}: an int range needs integer bounds, got [{self.low}, {self.high}]")
+
+    def validate_around(self, where: str) -> None:
+        from .fit import FIT_PATHS
+
+        if self.around != "fit":
+            raise ConfigError(f"{where}.around={self.around!r}: the only centre is 'fit' (the data's spectrum fit)")
+        if self.path not in FIT_PATHS:
+            raise ConfigError(f"{where}: around: fit centres {' or '.join(FIT_PATHS)}, not {self.path}")
+        if self.type != "float":
+            raise ConfigError(f"{where}: around: fit needs type: float, got {self.type!r}")
+        if self.width is None or not isinstance(self.width, (int, float)) or not math.isfinite(self.width) \
+                or self.width <= 0:
+            raise ConfigError(f"{where}.width={self.width!r} must be a positive number (the range is fit ± width"
+                              f"{', in ln units' if self.log else ''})")
 
     def contains(self, value: Any) -> bool:
         if self.type == "categorical":
@@ -184,6 +204,7 @@ class Space:
     train: TrainConfig
     search: SearchConfig
     metric: str  # the evaluation metric's name (fid, or the proxy's)
+    fit: dict | None = None  # the data's spectrum fit and the ranges centred on it (params with around: fit)
 
     @property
     def max_kimg(self) -> float:
@@ -242,10 +263,18 @@ def load_space(name_or_path: str, overrides: list[str] = (), output: str | None 
     params = {}
     for name, spec in raw_params.items():
         p = from_dict(ParamSpec, spec, f"search.params.{name}.")
+        if p.around is not None and (p.low is not None or p.high is not None):
+            raise ConfigError(f"search.params.{name}: give either around: fit with a width, or low and high")
         p.validate(name)
         params[name] = p
     search = from_dict(SearchConfig, {**search_doc, "params": params}, "search.")
-    space = Space(train, search, metric="")
+    from .fit import centre_on_fit  # reads the training data: only after every cheap check has passed
+
+    train, params, fit = centre_on_fit(train, params)
+    for name, p in params.items():
+        p.validate(name)
+    search = dataclasses.replace(search, params=params)
+    space = Space(train, search, metric="", fit=fit)
     for name, spec in params.items():  # each path must exist and every value in range must give a valid config
         try:
             value = space.value_at(spec.path)

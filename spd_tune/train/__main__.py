@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus-per-worker", type=float)
     p.add_argument("--output", help="where runs are written (default: ./spd_runs)")
     p.add_argument("--name", help="run name; re-using it resumes that run")
+    p.add_argument("--data-dir", help="the data folder (data.root): a folder of images, ImageNet-64's batches, or "
+                   "where CIFAR-10 is or goes")
     p.add_argument("--storage-path", help="Ray Train results and checkpoints (default: SPD_TUNE_STORAGE, else "
                    "--output); on a multi-node cluster a bucket URI or a shared mount")
     p.add_argument("--shared-storage", action="store_true", default=None,
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args) -> int:
     cfg = load_train_config(args.config, args.set, output=args.output, name=args.name,
                             **{"resources.workers": args.workers, "resources.gpus_per_worker": args.gpus_per_worker,
-                               "resources.cpus_per_worker": args.cpus_per_worker})
+                               "resources.cpus_per_worker": args.cpus_per_worker, "data.root": args.data_dir})
     if args.dry_run:
         print(cfg.to_json())
         print(plan(cfg))
