@@ -8,9 +8,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ray_cluster import TEST_ENV  # noqa: E402
 
-# Run only when asked for by name (pytest -m soak): too long for the default suite. Deselected here rather than
-# with addopts -m, which a user's own -m (e.g. "not slow") would replace.
-OPT_IN_MARKERS = ("soak",)
+# Run only when asked for by name (pytest -m soak, pytest -m known_answer): too long for the default suite.
+# Deselected here rather than with addopts -m, which a user's own -m (e.g. "not slow") would replace.
+OPT_IN_MARKERS = ("soak", "known_answer")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -107,24 +107,43 @@ def test_champion_is_copied_loadable_and_registered(finished_search):
     assert "final_proxy_fd64" in client.get_run(version.run_id).data.metrics
 
 
-def _finished_trials(db) -> int:
-    """Finished trials in the study, read without touching its schema (a second Optuna client would race the
-    driver's own schema creation)."""
+def _count(db, sql: str) -> int:
+    """One COUNT(*) of a study database, read without touching its schema (a second Optuna client would race the
+    driver's own schema creation); 0 while the database is not there yet."""
     import sqlite3
 
     if not db.exists():
         return 0
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            row = con.execute("SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()
-        return int(row[0])
+            return int(con.execute(sql).fetchone()[0])
     except sqlite3.Error:
         return 0
 
 
-def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
+def _finished_trials(db) -> int:
+    return _count(db, "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')")
+
+
+def _kill_when(args: list[str], env: dict, log_path, condition, poll_s: float) -> None:
+    """Start the search ``args`` as its own process and SIGKILL it once ``condition()`` holds (within 420 s)."""
     import os
     import signal
+    import subprocess
+    import time
+
+    with open(log_path, "w") as log:
+        search = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 420
+        while time.time() < deadline and not condition() and search.poll() is None:
+            time.sleep(poll_s)
+        assert search.poll() is None, "the search ended before it could be interrupted"
+        os.kill(search.pid, signal.SIGKILL)
+        search.wait()
+
+
+def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
+    import os
     import subprocess
     import sys
     import time
@@ -136,14 +155,7 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
         args += ["--set", item]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
     root = tmp_path / "demo"
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 420
-        while time.time() < deadline and _finished_trials(root / "optuna.db") < 2 and first.poll() is None:
-            time.sleep(1)
-        assert first.poll() is None, "the search ended before it could be interrupted"
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait()
+    _kill_when(args, env, tmp_path / "first.log", lambda: _finished_trials(root / "optuna.db") >= 2, 1.0)
     time.sleep(5)
     resumed = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     (tmp_path / "resumed.log").write_text(resumed.stdout + resumed.stderr)
@@ -255,25 +267,14 @@ def test_posthoc_stage_contract(finished_search):
 
 
 def _told_posthoc_trials(db) -> int:
-    """Told trials of the post-hoc studies, read without touching the schema (see _finished_trials)."""
-    import sqlite3
-
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            row = con.execute("SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE study_name LIKE "
-                              "'demo/posthoc/%' AND state IN ('COMPLETE', 'FAIL')").fetchone()
-        return int(row[0])
-    except sqlite3.Error:
-        return 0
+    return _count(db, "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE study_name LIKE "
+                      "'demo/posthoc/%' AND state IN ('COMPLETE', 'FAIL')")
 
 
 def test_resume_during_the_posthoc_stage(ray_cluster, tmp_path):
     """A driver killed between post-hoc evaluations: --resume continues the studies from their storage, with no
     evaluation repeated and no finalist skipped."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -287,14 +288,7 @@ def test_resume_during_the_posthoc_stage(ray_cluster, tmp_path):
     args += [arg for item in items for arg in ("--set", item)]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
     root = tmp_path / "demo"
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 420
-        while time.time() < deadline and _told_posthoc_trials(root / "optuna.db") < 1 and first.poll() is None:
-            time.sleep(0.2)
-        assert first.poll() is None, "the search ended before it could be interrupted"
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait()
+    _kill_when(args, env, tmp_path / "first.log", lambda: _told_posthoc_trials(root / "optuna.db") >= 1, 0.2)
     told_before = _told_posthoc_trials(root / "optuna.db")
     assert 1 <= told_before < 2 * evaluations
     time.sleep(3)

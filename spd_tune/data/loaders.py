@@ -18,7 +18,7 @@ import torch
 from ..errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-DATASETS = ("cifar10", "imagenet64", "folder", "demo")
+DATASETS = ("cifar10", "imagenet64", "folder", "demo", "gaussian")
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,12 @@ class DataConfig:
     split: str = "train"  # cifar10: train | test; imagenet64: train | val
     limit: int | None = None  # first N images only
     download: bool = True  # cifar10 only: fetch it into the data root when it is not there
-    demo_count: int = 4096
+    demo_count: int = 4096  # demo and gaussian: how many images are generated
     seed: int = 0
     cache_dir: str | None = None  # where generated demo images are kept
+    field_m: float = 2.6  # gaussian: the fields' spectrum D(f) = c1 / (c2 + |f|)^m, c1 set by field_std
+    field_c2: float = 1.0
+    field_std: float = 0.3
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -44,6 +47,12 @@ class DataConfig:
             raise DataError(f"cifar10 images are 32x32, got image_size={self.image_size}")
         if self.limit is not None and self.limit < 1:
             raise DataError(f"limit={self.limit} must be a positive number of images")
+        if self.name == "gaussian":
+            from .gaussian_fields import check_field_params
+
+            problem = check_field_params(self.field_m, self.field_c2, self.field_std)
+            if problem:
+                raise DataError(f"gaussian data: {problem}")
 
 
 def load_images(cfg: DataConfig) -> np.ndarray:
@@ -54,6 +63,12 @@ def load_images(cfg: DataConfig) -> np.ndarray:
         images = load_imagenet64(cfg.root, split=cfg.split, image_size=cfg.image_size)
     elif cfg.name == "folder":
         images = load_image_folder(cfg.root, cfg.image_size)
+    elif cfg.name == "gaussian":
+        from .gaussian_fields import gaussian_fields
+
+        count = min(cfg.demo_count, cfg.limit or cfg.demo_count)
+        images = gaussian_fields(count, cfg.image_size, m=cfg.field_m, c2=cfg.field_c2, std=cfg.field_std,
+                                 seed=cfg.seed)
     else:
         from .dead_leaves import cached_dead_leaves
 

@@ -21,6 +21,7 @@ LIBRARY_LOGGERS = ("ray", "mlflow")  # their console handlers write to the file 
 @contextlib.contextmanager
 def ray_output_to(path: Path) -> Iterator[Path]:
     """Send worker output and Ray's own log records to ``path`` (appended) while the block runs."""
+    import mlflow  # noqa: F401  (mlflow installs its console handler when first imported: swap it after that)
     from ray._private import worker as ray_worker
 
     dispatcher = ray_worker.global_worker_stdstream_dispatcher

@@ -67,7 +67,7 @@ def search_costs(space: Space) -> tuple[list[StageCost], dict]:
     """The stages' costs for the space's first trial (its T), and the figures they come from."""
     cfg, ph, f = space.train, space.search.posthoc, space.search.final
     forward, train = _unet_flops(cfg.unet)
-    inception = inception_flops()
+    inception = 0.0 if cfg.data.name == "gaussian" else inception_flops()  # gauss_fd needs no network
     steps = cfg.process.steps
 
     def sampling(samples: int, k: int | None, label: str) -> StageCost:

@@ -319,7 +319,7 @@ def resolve_on_driver(cfg: TrainConfig) -> TrainConfig:
         data = dataclasses.replace(data, root=str(default_data_root().expanduser().resolve()))
     stats = ev.stats_cache_dir or (f"{data.cache_dir}/fid_stats" if data.cache_dir else str(default_cache_dir()))
     features = ev.features
-    if features.weights == "pytorch-fid" and features.weights_path is None:
+    if features.weights == "pytorch-fid" and features.weights_path is None and data.name != "gaussian":
         weights = resolve_fid_weights(None, download=features.download)
         features = dataclasses.replace(features, weights_path=str(weights.path))
     return dataclasses.replace(cfg, data=data, eval=dataclasses.replace(ev, features=features, stats_cache_dir=stats))

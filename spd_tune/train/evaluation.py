@@ -17,7 +17,10 @@ import torch.distributed as dist
 from ..core.samplers import sample
 from ..core.schedule import DiffusionSchedule
 from ..data import load_images, to_uint8
+from ..data.gaussian_fields import true_log_power
 from ..fid import InceptionFeatures, RunningStats, metric_name, reference_stats, resolve_fid_weights, score
+from ..fid.spectral import METRIC as GAUSS_FD
+from ..fid.spectral import SpectralStats, gauss_fd
 from ..fid.stats import merge_all
 from .config import TrainConfig
 
@@ -25,7 +28,10 @@ SAMPLE_BATCH = 256
 
 
 def expected_metric_name(cfg: TrainConfig) -> str:
-    """The metric's name from the config alone (no file is read): what the space promises to optimise."""
+    """The metric's name from the config alone (no file is read): what the space promises to optimise. On the
+    gaussian data set it is the exact gauss_fd (fid/spectral.py), whatever the features say."""
+    if cfg.data.name == "gaussian":
+        return GAUSS_FD
     f = cfg.eval.features
     return metric_name(f.dims, f.weights == "pytorch-fid")
 
@@ -34,7 +40,7 @@ def resolved_metric_name(cfg: TrainConfig) -> str:
     """The metric's name after finding and checking the FID weights (downloading them if allowed): absent or
     wrong weights fail here, on the driver, before any worker starts."""
     f = cfg.eval.features
-    if f.weights == "random":
+    if f.weights == "random" or cfg.data.name == "gaussian":
         return expected_metric_name(cfg)
     return metric_name(f.dims, resolve_fid_weights(f.weights_path).is_fid)
 
@@ -50,10 +56,16 @@ def _gather(obj, world_size: int) -> list:
 class Evaluator:
     def __init__(self, cfg: TrainConfig, device: torch.device, rank: int, world_size: int):
         self.cfg, self.device, self.rank, self.world = cfg, device, rank, world_size
-        self.features = InceptionFeatures(cfg.eval.features, device=device)
-        self.metric = self.features.metric_name
         self.sampler = cfg.eval.sampler_config()
         self.reference: RunningStats | None = None
+        self.true_log_power = None
+        if cfg.data.name == "gaussian":  # the true Gaussian is known: no network, no reference set
+            d = cfg.data
+            self.features, self.metric = None, GAUSS_FD
+            self.true_log_power = true_log_power(d.image_size, d.field_m, d.field_c2, d.field_std)
+            return
+        self.features = InceptionFeatures(cfg.eval.features, device=device)
+        self.metric = self.features.metric_name
         if rank == 0:  # cached on disk by content hash: computed once per (data, count, weights)
             ref_data = dataclasses.replace(cfg.data, split=cfg.eval.ref_split, limit=cfg.eval.ref_count,
                                            seed=cfg.eval.ref_seed)
@@ -70,7 +82,8 @@ class Evaluator:
         unet = self.cfg.unet
         shape = (unet.in_channels, unet.image_size, unet.image_size)
         seeds = list(range(cfg.seed + self.rank, cfg.seed + cfg.samples, self.world))
-        stats, finite, grid = RunningStats(self.features.spec.dims), True, []
+        stats = SpectralStats() if self.features is None else RunningStats(self.features.spec.dims)
+        finite, grid = True, []
         for start in range(0, len(seeds), SAMPLE_BATCH):
             batch = seeds[start: start + SAMPLE_BATCH]
             images = sample(model, schedule, batch, shape, config=self.sampler, device=self.device)
@@ -78,7 +91,10 @@ class Evaluator:
                 finite = False  # a diverged model: score inf, and never feed NaN to the linear algebra
                 break
             u8 = to_uint8(images)
-            self.features.stats(u8, into=stats)
+            if self.features is None:
+                stats.add(u8)
+            else:
+                self.features.stats(u8, into=stats)
             grid += [(s, im) for s, im in zip(batch, u8.cpu().numpy()) if s < cfg.seed + cfg.grid]
         parts = _gather((stats.state(), finite, grid), self.world)
         if self.rank != 0:
@@ -87,5 +103,8 @@ class Evaluator:
         grid_array = np.stack(grid_images) if grid_images else np.zeros((0,) + shape[1:] + (shape[0],), np.uint8)
         if not all(ok for _, ok, _ in parts):
             return math.inf, 0, grid_array
+        if self.features is None:
+            merged = SpectralStats.merge([SpectralStats.from_state(state) for state, _, _ in parts])
+            return gauss_fd(merged, self.true_log_power), merged.n, grid_array
         merged = merge_all([RunningStats.from_state(state) for state, _, _ in parts])
         return score(merged, self.reference), merged.n, grid_array
