@@ -207,7 +207,8 @@ def describe(space: Space, layout: Layout, max_concurrent: int | None = None) ->
         lines.append(f"  {name:<8} {spec.type:<12} {rng}{' log' if spec.log else ''}  -> {spec.path}")
     if space.fit:
         lines += describe_fit(space.fit)
-    lines.append(f"  first trial (the config's own values): {space.default_point()}")
+    source = "the config's own values, with the fitted ones" if space.fit else "the config's own values"
+    lines.append(f"  first trial ({source}): {space.default_point()}")
     lines.append(f"  ASHA rungs at kimg {space.rungs()} (evaluate + checkpoint at each)")
     ph, final = space.search.posthoc, space.search.final
     if ph.enabled:
