@@ -3,7 +3,7 @@
 Opt-in (``pytest -m known_answer``; conftest deselects it otherwise): about 10 minutes on two CPU cores. It asserts
 that the search runs and that its record is complete (every trial's m and gauss_fd in the study, a champion with
 its final scores); it never asserts which m wins. That is the finding, written down in docs/method.md, and
-``python tests/test_known_answer.py RESULTS_DIR`` prints the table and draws the curve from a finished run.
+``python tests/test_known_answer.py RESULTS_DIR [PNG]`` prints the table and draws the curves from a finished run.
 """
 
 import json
