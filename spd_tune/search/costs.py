@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 
 from ..core.unet import UNet, UNetConfig
-from .space import Space, lowest_steps
+from .space import Space, lowest_steps, steps_range
 
 # Dense bf16 peak of an H100/H200 (data sheet) at an assumed 30% model FLOPs utilisation.
 ASSUMED_PEAK, ASSUMED_MFU = 989e12, 0.30
@@ -103,7 +103,7 @@ def search_costs(space: Space) -> tuple[list[StageCost], dict]:
         n = finalists * points * f.seeds
         rows.append(StageCost(f"final protocol ({finalists} finalists x {points} point{'s' * (points > 1)} x "
                               f"{f.seeds} seed set{'s' * (f.seeds > 1)}, at most)", one.evaluations * n, one.flops * n))
-        highest = _highest_steps(space)
+        highest = steps_range(space)[1]
         if f.sampler_steps is None and highest > steps:
             rows.append(StageCost(f"one final score at the highest T the space allows ({highest})",
                                   f.samples * highest, f.samples * (highest * forward + inception)))
@@ -142,13 +142,6 @@ def whole_search(space: Space, rows: list[StageCost], rung: StageCost) -> StageC
 def mean_log_uniform(low: int, high: int) -> float:
     """The mean of K drawn log-uniformly from [low, high]: (high - low) / ln(high / low)."""
     return float(low) if high <= low else (high - low) / math.log(high / low)
-
-
-def _highest_steps(space: Space) -> int:
-    for spec in space.search.params.values():
-        if spec.path == "process.steps":
-            return int(max(spec.choices) if spec.type == "categorical" else spec.high)
-    return space.train.process.steps
 
 
 def cost_table(space: Space) -> str:

@@ -297,12 +297,19 @@ def load_space(name_or_path: str, overrides: list[str] = (), output: str | None 
     return dataclasses.replace(space, train=train, metric=expected_metric_name(train))
 
 
-def lowest_steps(space: Space) -> int:
-    """The smallest T any trial of the space can have."""
+def steps_range(space: Space) -> tuple[int, int]:
+    """The smallest and the largest T any trial of the space can have."""
     for spec in space.search.params.values():
         if spec.path == "process.steps":
-            return int(min(spec.choices) if spec.type == "categorical" else spec.low)
-    return space.train.process.steps
+            if spec.type == "categorical":
+                return int(min(spec.choices)), int(max(spec.choices))
+            return int(spec.low), int(spec.high)
+    return space.train.process.steps, space.train.process.steps
+
+
+def lowest_steps(space: Space) -> int:
+    """The smallest T any trial of the space can have."""
+    return steps_range(space)[0]
 
 
 def check_posthoc(space: Space) -> None:
