@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import sampler_step  # noqa: E402
 import train_step  # noqa: E402
 
-from spd_tune.core.samplers import SamplerConfig, sample  # noqa: E402
+from spd_tune.core.noise import ImageNoise  # noqa: E402
+from spd_tune.core.samplers import SamplerConfig  # noqa: E402
 from spd_tune.core.schedule import SPDSchedule  # noqa: E402
 from spd_tune.core.unet import UNet  # noqa: E402
 
@@ -103,6 +104,11 @@ def section_sampling(device: torch.device, smoke: bool) -> dict:
 
     t_ancestral, k_ddim = pick("sample_steps", smoke)
     out = {"batch": batch, "bf16": bf16, "timed_steps": steps}
+    # the same seeds draw the same noise here as on the CPU (core/noise.py): the largest difference, two draws
+    on_device = ImageNoise(range(8), (3, size, size), device, torch.float32)
+    on_cpu = ImageNoise(range(8), (3, size, size), torch.device("cpu"), torch.float32)
+    out["noise_max_abs_diff_vs_cpu"] = max((on_device.draw().cpu() - on_cpu.draw()).abs().max().item()
+                                           for _ in range(2))
     x = torch.randn(batch, 3, size, size, device=device)
     t = torch.full((batch,), 500.0, device=device)
     with torch.no_grad():
@@ -189,6 +195,9 @@ def markdown(results: dict) -> str:
                 f"{k['step_ms']:.2f} ms/step: forward {s['forward_ms']:.2f} ms, sampler's own {k['sampler_own_ms']:.2f}"
                 f" ms ({100 * k['sampler_share']:.1f}%); host-generator noise would cost "
                 f"{k['host_generator_noise_own_ms']:.2f} ms")
+    if s and "noise_max_abs_diff_vs_cpu" in s:
+        row("sampling", "device noise against the CPU's, same seeds",
+            f"max |diff| {s['noise_max_abs_diff_vs_cpu']:.2e}")
     f = results.get("fid_features")
     if f:
         row("fid_features", f"Inception to pool3, batch {f['batch']}", f"{f['img_per_s']:.0f} img/s")

@@ -103,6 +103,7 @@ except SystemExit as done:
     for kind in ("ancestral", "ddim"):
         s = result["sampling"][kind]
         assert s["step_ms"] > 0 and s["sampler_own_ms"] > 0 and s["host_generator_noise_own_ms"] > 0
+    assert result["sampling"]["noise_max_abs_diff_vs_cpu"] == 0.0  # on CPU the "device" is the CPU itself
     assert result["fid_features"]["img_per_s"] > 0
     loop = result["train_loop"]
     assert loop["checkpoints"] == 1 and loop["kimg"] > 0 and len(loop["metric"]) == 1  # evaluated at the end
