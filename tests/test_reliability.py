@@ -23,7 +23,15 @@ DOC = ROOT / "docs" / "reliability.md"
 
 # Every fault injected anywhere in the suite: the table in docs/reliability.md lists exactly these ids.
 FAULTS = {
-    "search driver killed, then --resume": "tests/test_search_e2e.py::test_resume_after_the_driver_is_killed",
+    "search driver killed, then --resume": "tests/test_interrupt.py::test_tune_optuna_and_mlflow_agree_on_every_trial",
+    "Ctrl-C: SIGINT to the search's process group while trials train, then --resume":
+        "tests/test_interrupt.py::test_sigint_to_the_group_stops_at_once_and_registers_nothing",
+    "SIGTERM (a scheduler's notice) while trials train, then --resume":
+        "tests/test_interrupt.py::test_sigterm_stops_with_143_and_a_double_sigint_at_once",
+    "a second Ctrl-C": "tests/test_interrupt.py::test_sigterm_stops_with_143_and_a_double_sigint_at_once",
+    "SIGINT during the post-hoc stage, then --resume":
+        "tests/test_interrupt.py::test_sigint_during_the_posthoc_stage_keeps_its_evaluations",
+    "--resume on a finished search": "tests/test_interrupt.py::test_resume_on_a_finished_search_has_nothing_to_do",
     "Train worker process killed": "tests/test_train_ray.py::test_killed_worker_resumes_from_the_last_checkpoint",
     "GPU worker node lost": "tests/test_cluster.py::test_search_runs_trials_on_several_nodes_and_survives_losing_one",
     "trial-driver node lost": "tests/test_cluster.py::test_losing_the_trial_driver_node_resumes_the_trial",

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,8 +32,9 @@ from .console import RAY_LOG, ray_output_to
 from .costs import cost_lines, cost_summary, cost_table, cost_unit, trial_costs
 from .fit import describe_fit, write_fit_plot
 from .front import with_posthoc
-from .plan import Layout, concurrency, search_exists
-from .preflight import check_optuna_url, check_tracking_uri
+from .interrupt import Interrupts, SearchInterrupted, duration
+from .plan import Layout, concurrency, finished_search, mark_finished, search_exists
+from .preflight import check_optuna_url, check_study_exists, check_tracking_uri
 from .report import write_report
 from .results import final_metric_name, pareto_front, summary_table, verdict
 from .space import Space, load_space, posthoc_protocol
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any key of the space file, e.g. train.optim.warmup_kimg=1 or search.trials=20")
     args = p.parse_args(argv)
+    argv = list(argv if argv is not None else sys.argv[1:])
     sets = list(args.set)
     if args.trials is not None:
         sets.append(f"search.trials={args.trials}")
@@ -72,24 +75,56 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(f"search.budget_hours={args.budget_hours}")
     if args.data_dir is not None:
         sets.append(f"train.data.root={json.dumps(args.data_dir)}")
-    found, started = {}, time.monotonic()
-    with contextlib.ExitStack() as quiet:  # holds ray.log open from preflight's end to the search's
-        code = run_main(lambda: _search(args, sets, found, quiet))
-        if code != 0 or "results" not in found:
-            return code
-        code = conclude(found["space"], found["layout"], found["results"],
-                        argv if argv is not None else sys.argv[1:])
-    print(f"search wall time: {_duration(time.monotonic() - started)}")
+    found: dict = {}
+    interrupts = Interrupts(lambda: _after_interrupt(found, argv))
+    interrupts.install()
+    try:
+        with contextlib.ExitStack() as quiet:  # holds ray.log open from preflight's end to the search's
+            try:
+                code = run_main(lambda: _search(args, sets, found, quiet, interrupts))
+                if code == 0 and "results" in found:
+                    interrupts.check()  # Tune returned because of a signal: nothing concludes
+                    code = conclude(found["space"], found["layout"], found["results"], argv, interrupts)
+                    print(f"search wall time: {duration(time.monotonic() - interrupts.started)}")
+                interrupts.check()  # a signal held during the last step
+            except SearchInterrupted:
+                _record_interruption(found)  # while Ray's output still goes to ray.log
+                raise
+    except SearchInterrupted:
+        print(interrupts.summary(), file=sys.stderr, flush=True)
+        return interrupts.code
+    finally:
+        interrupts.uninstall()
     return code
 
 
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
+def _record_interruption(found: dict) -> None:
+    """MLflow shows the interrupted search's open runs as KILLED (tagged), unless the search had finished; then
+    the driver leaves Ray, so that the trials' last words stay in ray.log."""
+    if "layout" in found and finished_search(found["layout"]) is not None:
+        found["finished"] = True  # the signal came during the last step, which it let finish
+    elif "layout" in found:
+        from .tracking import mark_interrupted  # MLflow: imported once the search has started
+
+        mark_interrupted(found["layout"].tracking_uri, found["space"].train.name)
+    if "layout" in found:
+        import ray  # started by now
+
+        ray.shutdown()
 
 
-def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: contextlib.ExitStack) -> int:
+def _after_interrupt(found: dict, argv: list[str]) -> str:
+    """What the interrupted-search line says the user can do."""
+    if found.get("finished"):
+        return "the search had already finished; there is nothing to continue"
+    command = shlex.join(["python", "-m", "spd_tune.search", *[a for a in argv if a != "--resume"], "--resume"])
+    if "layout" not in found and "--resume" not in argv:
+        return f"the search had not started; nothing was recorded ({command} is not needed)"
+    return f"continue with {command}"
+
+
+def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: contextlib.ExitStack,
+            interrupts: Interrupts) -> int:
     """Validate and check everything, then run the Tune search; the results go into ``found``."""
     space = load_space(args.space, sets, output=args.output)
     layout = Layout.of(space, args.storage_path, args.optuna_storage, args.tracking_uri, args.shared_storage)
@@ -97,6 +132,12 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
         print(describe(space, layout))
         return 0
     check_storage_path(layout.storage.path)
+    done = finished_search(layout) if args.resume else None
+    if done is not None:
+        found["finished"] = True
+        print(f"--resume: the search under {layout.root} has finished (champion: trial {done['champion']}, "
+              f"{done.get('model') or 'not registered'}); nothing to do")
+        return 0
     exists = search_exists(layout)
     if not args.resume and (exists or (layout.root / "optuna.db").exists()):
         raise ConfigError(f"{layout.root} already holds a search named {space.train.name!r}: continue it with "
@@ -105,11 +146,18 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
         raise ConfigError(f"--resume: no search to resume under {layout.experiment_dir}")
     check_tracking_uri(layout.tracking_uri)
     check_optuna_url(layout.optuna_url)
+    if args.resume:
+        check_study_exists(layout.optuna_url, space.train.name)
     if resolved_metric_name(space.train) != space.metric:  # finds and checks the FID weights before Ray starts
         raise ConfigError(f"the Inception weights found are not pytorch-fid's: scores would not be {space.metric}")
     check_available(space.train.data)
     space = dataclasses.replace(space, train=resolve_on_driver(space.train))
     ensure_ray(args.address)
+    interrupts.install()  # again: ray.init sets a SIGTERM handler of its own
+    if args.resume:
+        from .tracking import reopen_search_run  # MLflow: imported once the search really starts
+
+        reopen_search_run(layout.tracking_uri, space.train.name)
     check_storage(layout.storage)
     driver = driver_resources()
     max_concurrent = concurrency(space, driver)
@@ -118,7 +166,7 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
         log = quiet.enter_context(ray_output_to(layout.root / RAY_LOG))
         print(f"worker and Ray output: {log} (--verbose shows it here)", flush=True)
     # save Tune's experiment state (trials + searcher) at every step, so a killed driver loses as little
-    # as possible; what it still loses is reconciled after the resumed search
+    # as possible; what it still loses is reconciled after the resumed search (a signal saves it at once)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     print(describe(space, layout, max_concurrent), flush=True)
     if space.fit:  # the fit's plot, kept with the search and logged on its parent run
@@ -126,23 +174,30 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
         (layout.root / "spectrum_fit.json").write_text(json.dumps(space.fit, indent=2))
     from .tuner import build_tuner  # Ray Tune, Train and Optuna: imported only once the search really starts
 
-    found.update(space=space, layout=layout, results=build_tuner(space, layout, max_concurrent, args.resume,
-                                                                 driver).fit())
+    found.update(space=space, layout=layout)
+    tuner = build_tuner(space, layout, max_concurrent, args.resume, driver)
+    with interrupts.tune_loop():
+        found["results"] = tuner.fit()
     return 0
 
 
-def conclude(space: Space, layout: Layout, results, argv: list[str] | None = None) -> int:
-    """Close what a killed driver left open, pick and register the champion, then the summary: scores with their
-    noise, the baseline, rung trust and costs, printed and logged on the parent MLflow run."""
-    from .champion import choose_champion  # with Ray Train: see build_tuner's import
-    from .tracking import finish_search, log_costs
+def conclude(space: Space, layout: Layout, results, argv: list[str] | None = None,
+             interrupts: Interrupts | None = None) -> int:
+    """Close what a killed driver left open, pick the champion, then the summary: scores with their noise, the
+    baseline, rung trust and costs, printed and logged on the parent MLflow run; last, in one step that a signal
+    does not cut, the champion's registration and the mark that the search has finished. A signal before that
+    step registers nothing, and ``--resume`` concludes again from what the stages kept."""
+    from .champion import choose_champion, register_champion  # with Ray Train: see build_tuner's import
+    from .tracking import end_search_run, finish_search, log_costs
     from .tuner import reconcile
 
+    check = interrupts.check if interrupts is not None else (lambda: None)
     orphans = reconcile(space, layout, results)
     if orphans:
-        print(f"closed {orphans} Optuna trial(s) / MLflow run(s) left open by an interrupted driver "
+        print(f"closed {orphans} Optuna trial(s) / MLflow run(s) left open by a killed driver "
               f"(tagged spd_tune.orphaned)")
     best = choose_champion(space, layout, results)
+    check()
     finalists = (best.get("finalists") or [best]) if best else []
     costs = trial_costs(space, results, finalists)
     spent = cost_summary(space, costs)
@@ -153,6 +208,7 @@ def conclude(space: Space, layout: Layout, results, argv: list[str] | None = Non
         print("no trial produced a finite score; nothing registered", file=sys.stderr)
         finish_search(layout.tracking_uri, space.train.name, summary, None, layout.optuna_url, None,
                       {"cost_hours_total": spent["total_hours"]})
+        end_search_run(layout.tracking_uri, space.train.name)
         return 1
     trust = rung_trust(space, results, plain_finals(finalists))
     lines = [*champion_lines(space, best), *verdict(space.metric, best), *trust_warnings(trust), *cost_lines(spent)]
@@ -175,6 +231,13 @@ def conclude(space: Space, layout: Layout, results, argv: list[str] | None = Non
     print(f"report: {report}")
     finish_search(layout.tracking_uri, space.train.name, "\n".join([summary, "", *lines]),
                   {**best, "trust": trust, "cost": spent}, layout.optuna_url, front, metrics, [report, *fit_files])
+    check()
+    with interrupts.critical() if interrupts is not None else contextlib.nullcontext():
+        model = register_champion(space, layout, best)
+        end_search_run(layout.tracking_uri, space.train.name)
+        mark_finished(layout, {"champion": best["trial_id"], "model": model, "best_dir": best["best_dir"]})
+    print(f"registered as {model}" if model else "the champion was not registered in MLflow (see the warning above); "
+          f"its files are in {best['best_dir']}")
     print(f"compare the trials: python -m spd_tune.ui {layout.root}")
     return 0
 
@@ -186,7 +249,7 @@ def champion_lines(space: Space, best: dict) -> list[str]:
         final_text += f" ± {best['final']['std']:.4f} (std over {len(best['final']['values'])} seed sets)"
     return [f"champion: trial {best['trial_id']}, {space.metric} {best[space.metric]:.4f}{final_text}, "
             f"params {best['params']}",
-            f"  checkpoint copied to {best['best_dir']}; registered as {best.get('model')}"]
+            f"  checkpoint copied to {best['best_dir']}"]
 
 
 def plain_finals(finalists: list[dict]) -> dict[str, float]:

@@ -30,6 +30,7 @@ from ..train.session import CHECKPOINT_FILE
 from ..typed import from_dict
 from .finals import Finalist, drop_snapshots, run_finals, run_posthoc, with_choice
 from .front import nondominated, plot_front, posthoc_points
+from .interrupt import gather
 from .results import final_metric_name, ranked_trials, seed_set_result, trial_run_name, versus
 from .space import Space
 from .tracking import client_for, log_final_scores, log_posthoc, trial_run_id
@@ -72,7 +73,7 @@ def rescore(space: Space, checkpoints: list) -> list[dict]:
     cfgs = [final_config(space, seed).to_dict() for seed in sets]
     refs = [[task.remote(cfg, checkpoint) for cfg in cfgs] for checkpoint in checkpoints]
     out = []
-    for runs in (ray.get(r) for r in refs):
+    for runs in (gather(r) for r in refs):
         out.append({**seed_set_result([value for value, _ in runs]), "seconds": sum(s for _, s in runs)})
     return out
 
@@ -129,8 +130,8 @@ def trial_run_paths(layout, results) -> dict[str, str]:
 
 
 def choose_champion(space: Space, layout, results) -> dict | None:
-    """Pick the champion (by the final protocol when configured, after the post-hoc stage when enabled), copy its
-    best checkpoint to <root>/best/ and register it in MLflow."""
+    """Pick the champion (by the final protocol when configured, after the post-hoc stage when enabled) and copy
+    its best checkpoint to <root>/best/ (registered later, by ``register_champion``)."""
     finalists = finalists_of(space, layout, results)
     if not finalists:
         return None
@@ -149,9 +150,9 @@ def choose_champion(space: Space, layout, results) -> dict | None:
                        else math.inf)
         rows, finalists = [rows[i] for i in order], [finalists[i] for i in order]
     target = _copy_best(layout, finalists[0])
-    weights = export_weights(target)
-    return _write_and_register(space, layout, target, weights, {**with_comparisons(rows), "best_dir": str(target),
-                                                                 "finalists": rows if len(rows) > 1 else None})
+    export_weights(target)
+    return _write_info(target, {**with_comparisons(rows), "best_dir": str(target),
+                                "finalists": rows if len(rows) > 1 else None})
 
 
 def _after_posthoc(space: Space, layout, results, finalists: list[Finalist]) -> dict:
@@ -198,8 +199,8 @@ def _after_posthoc(space: Space, layout, results, finalists: list[Finalist]) -> 
         with local_folder(f"{entry['finalist'].run_path}/{SNAPSHOT_DIR}") as snapshots:
             weights, step = averaged_weights(RunFiles(target / CHECKPOINT_FILE, snapshots), sigma_rel)
         choices.update(step=step, kimg=entry["finalist"].cfg.kimg_at(step))  # the weights' own training point
-    path = export_weights(target, weights, choices)
-    return _write_and_register(space, layout, target, path, {
+    export_weights(target, weights, choices)
+    return _write_info(target, {
         **best, "best_dir": str(target), "finalists": rows, "posthoc_front": str(front_dir / "front.json")})
 
 
@@ -221,11 +222,20 @@ def _copy_best(layout, finalist: Finalist) -> Path:
     return target
 
 
-def _write_and_register(space: Space, layout, target: Path, weights: Path, info: dict) -> dict:
+def _write_info(target: Path, info: dict) -> dict:
+    """best/champion.json; the registration itself waits for ``register_champion``, the search's last step."""
     (target / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
-    tags = {k: json.dumps(info[k], sort_keys=True) for k in ("ema", "sampling") if k in info}
-    info["model"] = register(space, layout, info["trial_id"], weights, target / INFO_FILE, tags)
     return info
+
+
+def register_champion(space: Space, layout, info: dict) -> str | None:
+    """Register best/ (model.pt, config.json, champion.json) as the model's ``champion`` version; champion.json
+    then names the version. Returns 'name@alias (version N)' or None."""
+    target = Path(info["best_dir"])
+    tags = {k: json.dumps(info[k], sort_keys=True) for k in ("ema", "sampling") if k in info}
+    info["model"] = register(space, layout, info["trial_id"], target / MODEL_FILE, target / INFO_FILE, tags)
+    (target / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
+    return info["model"]
 
 
 def export_weights(best_dir: Path, weights: dict | None = None, choices: dict | None = None) -> Path:

@@ -24,6 +24,7 @@ from ..train.config import TrainConfig
 from ..train.driver import local_folder
 from ..train.session import CHECKPOINT_FILE
 from ..typed import from_dict
+from .interrupt import gather
 from .posthoc import open_study, posthoc_study_name, run_study
 from .results import seed_set_result
 from .space import Space, posthoc_protocol
@@ -72,7 +73,7 @@ def evaluator(space: Space, finalist: Finalist, samples: int, seed: int):
     task, cfg = _task(space), finalist.cfg.to_dict()
 
     def evaluate(points):
-        return ray.get([task.remote(cfg, finalist.run_path, finalist.checkpoint, p, samples, seed) for p in points])
+        return gather([task.remote(cfg, finalist.run_path, finalist.checkpoint, p, samples, seed) for p in points])
     return evaluate
 
 
@@ -80,7 +81,7 @@ def evaluations(space: Space, finalist: Finalist, samples: int, jobs: list[tuple
     """(point, first seed) -> its result, for every job, evaluated in parallel as Ray tasks."""
     task, cfg = _task(space), finalist.cfg.to_dict()
     refs = [task.remote(cfg, finalist.run_path, finalist.checkpoint, p, samples, seed) for p, seed in jobs]
-    return dict(zip(jobs, ray.get(refs)))
+    return dict(zip(jobs, gather(refs)))
 
 
 def run_posthoc(space: Space, optuna_url: str, finalists: list[Finalist]) -> dict[str, list[dict]]:

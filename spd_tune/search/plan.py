@@ -4,12 +4,16 @@ fit at once, whether there is a search to resume."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
 from ..cluster import Storage, check_fits
 from ..errors import ConfigError
+from ..fsutil import atomic_path
 from .space import Space
+
+FINISHED_FILE = "search_finished.json"  # written last, with the champion's registration: the search is over
 
 
 def tracking_uri_for(root: Path) -> str:
@@ -63,3 +67,14 @@ def search_exists(layout: Layout) -> bool:
     if layout.storage.is_uri:
         return tune.Tuner.can_restore(layout.experiment_dir)
     return Path(layout.experiment_dir).exists() and tune.Tuner.can_restore(layout.experiment_dir)
+
+
+def finished_search(layout: Layout) -> dict | None:
+    """What a finished search recorded as its end (champion trial, registered model), or None."""
+    path = layout.root / FINISHED_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def mark_finished(layout: Layout, record: dict) -> None:
+    with atomic_path(layout.root / FINISHED_FILE) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))

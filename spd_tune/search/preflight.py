@@ -56,3 +56,19 @@ def check_optuna_url(url: str) -> None:
     except Exception as err:  # noqa: BLE001 - drivers raise their own types (import errors, timeouts, auth)
         raise ConfigError(f"Optuna storage {parsed.render_as_string(hide_password=True)} is not reachable "
                           f"({first_line(err)})") from None
+
+
+def check_study_exists(url: str, study_name: str) -> None:
+    """--resume: the Optuna study that the Tune experiment's searcher continues is there."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    missing = ConfigError(f"--resume: the Optuna study {study_name!r} is not in {parsed.render_as_string(True)}, so "
+                          "the search's trials cannot be continued; pass the --optuna-storage it was started with, "
+                          "or start a new search with another --output (nothing was changed)")
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).is_file():
+        raise missing
+    import optuna  # here: the cheap checks above must not pay for importing Optuna
+
+    if study_name not in optuna.get_all_study_names(storage=url):
+        raise missing

@@ -27,6 +27,8 @@ CLIENT_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_R
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 PAUSE_AFTER_FAILURE_S = 60.0  # after a failed call, skip MLflow for this long instead of waiting on it per result
 
+INTERRUPTED_TAG = "spd_tune.interrupted"  # on runs a signal closed as KILLED; a --resume opens them again
+
 SKIP_METRICS = {"step", "start_step", "done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
                 "pid", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name"}
 
@@ -54,7 +56,15 @@ class MLflowTracker:
             experiment, artifact_location=None if served else Path(artifact_root).resolve().as_uri())
         self.parent_id = self._find_run({"spd_tune.role": "search"}) or self.client.create_run(
             self.experiment_id, run_name=experiment, tags={"spd_tune.role": "search", **search_tags}).info.run_id
+        self._reopen(self.parent_id)
         self.children: dict[str, str] = {}
+
+    def _reopen(self, run_id: str) -> None:
+        """A run an interrupted search closed as interrupted runs again now that the search is resumed."""
+        run = self.client.get_run(run_id)
+        if run.data.tags.get(INTERRUPTED_TAG) == "true":
+            self.client.delete_tag(run_id, INTERRUPTED_TAG)
+            self.client.update_run(run_id, status="RUNNING")
 
     def _find_run(self, tags: dict) -> str | None:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -65,7 +75,9 @@ class MLflowTracker:
         if trial_id in self.children:
             return self.children[trial_id]
         run_id = self._find_run({"spd_tune.trial_id": trial_id})  # a resumed search reuses the run
-        if run_id is None:
+        if run_id is not None:
+            self._reopen(run_id)
+        else:
             run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}", tags={
                 "spd_tune.trial_id": trial_id, "spd_tune.role": "trial", "mlflow.parentRunId": self.parent_id}
             ).info.run_id
@@ -166,7 +178,7 @@ def finish_search(tracking_uri: str, experiment: str, summary: str, champion: di
                   front: list | None = None, metrics: dict[str, float] | None = None,
                   files: list[Path] = ()) -> None:
     """The parent run gets the study summary, the champion, the search's own metrics (rung trust, costs) and
-    Optuna's plots (matplotlib PNGs), then ends."""
+    Optuna's plots (matplotlib PNGs); ``end_search_run`` ends it."""
     try:
         client = client_for(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
@@ -193,9 +205,59 @@ def finish_search(tracking_uri: str, experiment: str, summary: str, champion: di
                 client.log_artifact(parent, str(path))
             for path in _optuna_plots(optuna_url, experiment, Path(tmp)):
                 client.log_artifact(parent, str(path), artifact_path="optuna")
-        client.set_terminated(parent, "FINISHED")
     except Exception as err:
         log.warning("MLflow search summary failed (%s: %s)", type(err).__name__, err)
+
+
+def _search_run(client, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`spd_tune.role` = 'search'", max_results=1)
+    return runs[0] if runs else None
+
+
+def reopen_search_run(tracking_uri: str, experiment: str) -> None:
+    """--resume: the parent run that an interrupted search closed runs again (its trials' runs reopen when they
+    restart)."""
+    try:
+        client = client_for(tracking_uri)
+        run = _search_run(client, experiment)
+        if run is not None and run.data.tags.get(INTERRUPTED_TAG) == "true":
+            client.delete_tag(run.info.run_id, INTERRUPTED_TAG)
+            client.update_run(run.info.run_id, status="RUNNING")
+    except Exception as err:
+        log.warning("MLflow: reopening the search's run failed (%s: %s)", type(err).__name__, err)
+
+
+def end_search_run(tracking_uri: str, experiment: str) -> None:
+    """The parent run ends FINISHED: the search's last MLflow write, beside the champion's registration."""
+    try:
+        client = client_for(tracking_uri)
+        run = _search_run(client, experiment)
+        if run is not None:
+            client.set_terminated(run.info.run_id, "FINISHED")
+    except Exception as err:
+        log.warning("MLflow: ending the search's run failed (%s: %s)", type(err).__name__, err)
+
+
+def mark_interrupted(tracking_uri: str, experiment: str) -> int:
+    """An interrupted search's open runs (its parent, its running trials) end KILLED with the tag
+    ``spd_tune.interrupted``, so that the MLflow UI shows no run as RUNNING that is not; ``--resume`` reopens
+    them. Returns how many were closed."""
+    try:
+        client = client_for(tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return 0
+        runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+        for run in runs:
+            client.set_tag(run.info.run_id, INTERRUPTED_TAG, "true")
+            client.set_terminated(run.info.run_id, "KILLED")
+        return len(runs)
+    except Exception as err:
+        log.warning("MLflow: marking the interrupted runs failed (%s: %s)", type(err).__name__, err)
+        return 0
 
 
 def log_costs(tracking_uri: str, experiment: str, hours: dict[str, float], unit: str) -> None:

@@ -11,17 +11,33 @@ import sys
 
 import optuna
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune import Callback
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from ..errors import ConfigError, first_line
 from ..train.config import nimg, stopped_early
 from ..train.driver import ReportQueue, build_trainer, fit_reporting, trial_callbacks
 from .costs import Budget
+from .interrupt import active
 from .plan import Layout
 from .results import diverged, trial_run_name
+from .schedulers import PersistentASHA
 from .space import Space
 from .tracking import MLflowCallback, close_orphan_runs
+
+ASHA_STATE_FILE = "asha_state.json"  # beside the Optuna study: the rungs a resumed search stops trials on
+
+
+class StopOnSignal(Callback):
+    """Passes a SIGINT/SIGTERM the search received (search/interrupt.py) on to Tune's own graceful stop, from
+    inside Tune's loop, where Tune's handler is installed. Stateless: it is pickled with the experiment."""
+
+    def on_step_end(self, iteration, trials, **info):
+        interrupts = active()
+        if interrupts is not None:
+            interrupts.forward_to_tune()
 
 
 def trial_driver(params: dict, space: Space, storage_path: str) -> None:
@@ -61,11 +77,25 @@ def make_searcher(space: Space, layout: Layout) -> OptunaSearch:
                 spent = self.__dict__.setdefault("_spd_spent", {})
                 spent[trial_id] = (float(result["time_total_s"]), float(result.get("kimg") or 0.0))
 
+        def _closed(self, trial_id: str) -> bool:
+            """The trial's Optuna record was finished by an earlier driver (e.g. one that closed it as an
+            orphan): Tune and MLflow still get its results, Optuna cannot take them."""
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is None or trial_id in self._completed_trials:
+                return False
+            state = ot_trial.storage.get_trial(ot_trial._trial_id).state
+            if state.is_finished():
+                self._completed_trials.add(trial_id)
+                print(f"[spd-tune] trial {trial_id}: its Optuna trial was already {state.name} (closed by an "
+                      "earlier run); its results go to Tune and MLflow only", file=sys.stderr, flush=True)
+                return True
+            return False
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             self._spend(trial_id, result)
             if isinstance(self.metric, list):  # Optuna keeps no intermediate values for several objectives
                 return
-            if trial_id not in self._completed_trials and trial_id in self._ot_trials:
+            if not self._closed(trial_id) and trial_id not in self._completed_trials and trial_id in self._ot_trials:
                 self._report(trial_id, result)
 
         def _report(self, trial_id: str, result: dict) -> None:
@@ -78,6 +108,8 @@ def make_searcher(space: Space, layout: Layout) -> OptunaSearch:
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             self._spend(trial_id, result)
+            if self._closed(trial_id):
+                return
             if diverged(result) and trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._completed_trials.add(trial_id)
                 ot_trial = self._ot_trials[trial_id]
@@ -110,8 +142,13 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool,
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, space=space, storage_path=layout.storage.path), driver)
     if resume:  # main() has checked that there is one
-        return tune.Tuner.restore(layout.experiment_dir, trainable=trainable,
-                                  resume_unfinished=True, resume_errored=True)
+        try:
+            return tune.Tuner.restore(layout.experiment_dir, trainable=trainable,
+                                      resume_unfinished=True, resume_errored=True)
+        except Exception as err:  # e.g. saved by a version whose classes have changed
+            raise ConfigError(f"--resume: the search saved under {layout.experiment_dir} cannot be continued "
+                              f"({type(err).__name__}: {first_line(err)}); start a new search with another --output "
+                              "(nothing was changed)") from None
     asha = space.search.asha
     multi = space.search.multi_objective.enabled
     if multi:
@@ -119,8 +156,8 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool,
         # to max_kimg: the front compares fully trained models
         scheduler = FIFOScheduler()
     else:
-        scheduler = ASHAScheduler(time_attr="kimg", max_t=space.max_kimg, grace_period=asha.grace_kimg,
-                                  reduction_factor=asha.reduction_factor)
+        scheduler = PersistentASHA(layout.root / ASHA_STATE_FILE, time_attr="kimg", max_t=space.max_kimg,
+                                   grace_period=asha.grace_kimg, reduction_factor=asha.reduction_factor)
     return tune.Tuner(
         trainable,
         param_space={name: spec.tune_domain() for name, spec in space.search.params.items()},
@@ -133,7 +170,7 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool,
         run_config=tune.RunConfig(
             name=space.train.name, storage_path=layout.under_storage("tune"),
             callbacks=[MLflowCallback(layout.tracking_uri, space.train.name, str(layout.root / "mlartifacts"),
-                                      space.max_kimg, list(space.search.params))],
+                                      space.max_kimg, list(space.search.params)), StopOnSignal()],
             failure_config=tune.FailureConfig(max_failures=1)),
     )
 
