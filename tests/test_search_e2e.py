@@ -448,3 +448,28 @@ def test_a_search_on_a_folder_of_images_is_centred_on_their_spectrum(ray_cluster
     parent = client.search_runs([client.get_experiment_by_name("folder").experiment_id],
                                 filter_string="tags.`spd_tune.role` = 'search'")[0]
     assert {"spectrum_fit.json", "spectrum.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_a_finished_search_becomes_a_curve_table(finished_search, tmp_path):
+    """python -m spd_tune.replay table: every trial a run, stopped ones truncated, finalists with final values."""
+    import subprocess
+    import sys
+
+    from spd_tune.replay.simulate import Replay
+    from spd_tune.replay.table import load_table
+
+    out = tmp_path / "search.json"
+    done = subprocess.run([sys.executable, "-m", "spd_tune.replay", "table", str(finished_search), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    table = load_table(out)
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{finished_search / 'optuna.db'}")
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert summary["runs"] == TRIALS and summary["ran_to_max_kimg"] == TRIALS - len(pruned)
+    info = json.loads((finished_search / "best" / "champion.json").read_text())
+    assert summary["with_final_scores"] == len(info["finalists"])
+    runs = [r for c in table.configs for r in c["runs"]]
+    assert all(r["points"] and r["points"][0]["kimg"] == 0.16 for r in runs)
+    assert table.data["search"]["asha"]["grace_kimg"] == 0.16 and table.data["default_point"]["m"] == 2.69
+    Replay(table)  # it replays

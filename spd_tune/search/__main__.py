@@ -37,7 +37,7 @@ from .plan import Layout, concurrency, finished_search, mark_finished, search_ex
 from .preflight import check_optuna_url, check_study_exists, check_tracking_uri
 from .report import write_report
 from .results import final_metric_name, pareto_front, summary_table, verdict
-from .space import Space, load_space, posthoc_protocol
+from .space import SPACE_FILE, Space, load_space, posthoc_protocol, space_record
 from .trust import rung_trust, trust_metrics, trust_warnings
 
 
@@ -169,6 +169,7 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
     # as possible; what it still loses is reconciled after the resumed search (a signal saves it at once)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     print(describe(space, layout, max_concurrent), flush=True)
+    (layout.root / SPACE_FILE).write_text(json.dumps(space_record(space), indent=2, default=str))
     if space.fit:  # the fit's plot, kept with the search and logged on its parent run
         write_fit_plot(space.train, space.fit, layout.root / "spectrum.png")
         (layout.root / "spectrum_fit.json").write_text(json.dumps(space.fit, indent=2))

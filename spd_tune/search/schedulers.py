@@ -23,9 +23,10 @@ STATE_VERSION = 1
 class PersistentASHA(ASHAScheduler):
     """Ray's ASHA (asynchronous successive halving) with its rung records kept in ``state_file``."""
 
-    def __init__(self, state_file: str | Path, **asha) -> None:
+    def __init__(self, state_file: str | Path | None, **asha) -> None:
+        """``state_file`` None: nothing is kept (the replay simulator drives it in-process)."""
         super().__init__(**asha)
-        self.state_file = str(state_file)
+        self.state_file = None if state_file is None else str(state_file)
         self._load()
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -56,6 +57,8 @@ class PersistentASHA(ASHAScheduler):
                              for bracket in self._brackets]}
 
     def _save(self) -> None:
+        if self.state_file is None:
+            return
         state = self._state()
         if state == getattr(self, "_saved_state", None):
             return
@@ -64,6 +67,8 @@ class PersistentASHA(ASHAScheduler):
         self._saved_state = state
 
     def _load(self) -> None:
+        if self.state_file is None:
+            return
         path = Path(self.state_file)
         if not path.is_file():
             return

@@ -368,3 +368,12 @@ def _probes(spec: ParamSpec) -> list:
     if spec.type == "int":
         return [int(spec.low), int(spec.high)]
     return [spec.low, spec.high]
+
+
+SPACE_FILE = "space.json"  # in a search's folder: what `python -m spd_tune.replay table` reads of its space
+
+
+def space_record(space: Space) -> dict:
+    """The space as a search ran it: its search section, metric, rungs and first point."""
+    return {"name": space.train.name, "metric": space.metric, "max_kimg": space.max_kimg, "rungs": space.rungs(),
+            "default_point": space.default_point(), "search": dataclasses.asdict(space.search)}
