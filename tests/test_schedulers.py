@@ -4,6 +4,8 @@ built, and never saves it again)."""
 import json
 import pickle
 
+import pytest
+
 from ray.tune.schedulers import TrialScheduler
 
 from spd_tune.search.schedulers import PersistentASHA
@@ -50,3 +52,78 @@ def test_non_finite_scores_are_kept_as_missing(tmp_path):
     restored = _asha(tmp_path / "s.json")
     scores = restored.rungs()[0][0]["scores"]
     assert scores["b"] == 1.0 and scores["a"] != scores["a"]  # NaN
+
+
+# --- GatedASHA -------------------------------------------------------------------------------------------------
+
+from spd_tune.search.schedulers import GatedASHA, lower_bound  # noqa: E402
+
+
+def _gated(path=None, **kw):
+    return GatedASHA(path, metric="score", max_t=4, grace_period=1, reduction_factor=2, **kw)
+
+
+def _run(scheduler, trial_id: str, curve: dict[float, float]) -> list[str]:
+    """Report the curve until the scheduler stops the trial; its decisions."""
+    trial = Trial(trial_id)
+    scheduler.on_trial_add(None, trial)
+    decisions = []
+    for kimg, score in curve.items():
+        decisions.append(scheduler.on_trial_result(None, trial, {"kimg": kimg, "score": score}))
+        if decisions[-1] == TrialScheduler.STOP:
+            scheduler.on_trial_complete(None, trial, {"kimg": kimg, "score": score})
+            break
+    return decisions
+
+
+def test_a_rung_whose_ranking_disagrees_with_the_end_never_stops_a_trial():
+    scheduler = _gated(anchor_every=1000)  # only the first trial is an anchor
+    # at 1 and 2 kimg the order is the reverse of the order at 4 kimg: rho = -1
+    for i in range(8):
+        decisions = _run(scheduler, f"t{i}", {1: 10.0 - i, 2: 5.0 - i, 4: 1.0 + i})
+        assert TrialScheduler.STOP not in decisions[:-1], (i, decisions)
+    gate = scheduler.gates()[1.0]
+    assert gate["pairs"] == 8 and gate["rho"] == pytest.approx(-1.0) and not gate["open"]
+
+
+def test_a_rung_that_agrees_opens_and_then_stops_the_worse_half():
+    scheduler = _gated(anchor_every=1000, threshold=0.0)
+    for i in range(8):  # the same order at every milestone; the later trials are worse
+        _run(scheduler, f"t{i}", {1: 1.0 + i, 2: 1.0 + i, 4: 1.0 + i})
+    assert scheduler.gates()[1.0]["open"] and scheduler.gates()[1.0]["lower"] > 0.0
+    assert _run(scheduler, "worse", {1: 100.0, 2: 100.0, 4: 100.0}) == [TrialScheduler.STOP]
+    assert scheduler.stopped["worse"] == 1.0
+    assert _run(scheduler, "better", {1: 0.5, 2: 0.5, 4: 0.5})[-1] == TrialScheduler.STOP  # max_t: done, not stopped
+    assert "better" not in scheduler.stopped
+
+
+def test_anchors_always_reach_max_kimg():
+    scheduler = _gated(anchor_every=2, threshold=-1.0)
+    for i in range(8):
+        _run(scheduler, f"t{i}", {1: 1.0 + i, 2: 1.0 + i, 4: 1.0 + i})
+    assert scheduler.anchors == {"t0", "t2", "t4", "t6"}
+    for i in range(8, 16):  # ever worse trials at an open gate
+        decisions = _run(scheduler, f"t{i}", {1: 100.0 + i, 2: 100.0 + i, 4: 100.0 + i})
+        if f"t{i}" in scheduler.anchors:
+            assert decisions == [TrialScheduler.CONTINUE, TrialScheduler.CONTINUE, TrialScheduler.STOP]
+            assert f"t{i}" in scheduler.scores[4.0]
+        else:
+            assert decisions == [TrialScheduler.STOP]
+
+
+def test_the_gate_state_survives_a_restore(tmp_path):
+    state = tmp_path / "gate.json"
+    scheduler = _gated(state, threshold=0.0)
+    as_in_tuner_pkl = pickle.dumps(scheduler)
+    for i in range(8):
+        _run(scheduler, f"t{i}", {1: 1.0 + i, 2: 1.0 + i, 4: 1.0 + i})
+    restored = pickle.loads(as_in_tuner_pkl)
+    assert restored.gates() == scheduler.gates() and restored.anchors == scheduler.anchors
+    assert restored.order == scheduler.order and restored.stopped == scheduler.stopped
+    assert _run(restored, "worse", {1: 100.0}) == _run(scheduler, "worse2", {1: 100.0})
+
+
+def test_the_lower_bound_is_below_rho_and_tightens_with_pairs():
+    assert lower_bound(0.8, 3) != lower_bound(0.8, 3)  # NaN below 4 pairs
+    assert lower_bound(0.8, 5) < lower_bound(0.8, 50) < 0.8
+    assert lower_bound(-0.5, 10) < -0.5

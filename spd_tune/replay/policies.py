@@ -10,7 +10,9 @@ search builds it (Ray Tune's scheduler objects, or the project's own), so the re
   HyperBandScheduler pauses trials and restarts them, which a search of Train runs does not do;
 - ``median``: Ray's median stopping rule (a trial stops when its best score is worse than the median of the other
   trials' running means at the same kimg; from the grace on, with at least 3 others);
-- ``asha_late_grace``: ASHA with the next rung as its grace (the first rung dropped).
+- ``asha_late_grace``: ASHA with the next rung as its grace (the first rung dropped);
+- ``gated``: search/schedulers.py's GatedASHA: full-length anchors (the first trial and every third), and a rung
+  stops trials only once its agreement with the highest fidelity reached has a lower 95% bound above 0.3.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from typing import Callable
 from ray.tune.schedulers import FIFOScheduler, MedianStoppingRule, TrialScheduler
 
 from ..errors import ConfigError
-from ..search.schedulers import PersistentASHA
+from ..search.schedulers import GatedASHA, PersistentASHA
 
-POLICIES = ("none", "asha", "asha_3brackets", "hyperband", "median", "asha_late_grace")
+POLICIES = ("none", "asha", "asha_3brackets", "hyperband", "median", "asha_late_grace", "gated")
 
 
 def _asha(search: dict, max_kimg: float, metric: str, brackets: int = 1, grace: float | None = None):
@@ -55,6 +57,9 @@ BUILDERS: dict[str, Callable[[dict, float, str], TrialScheduler]] = {
         time_attr="kimg", metric=metric, mode="min", grace_period=search["asha"]["grace_kimg"],
         min_samples_required=3),
     "asha_late_grace": _late_grace,
+    "gated": lambda search, max_kimg, metric: GatedASHA(
+        None, metric=metric, max_t=max_kimg, grace_period=search["asha"]["grace_kimg"],
+        reduction_factor=search["asha"]["reduction_factor"]),
 }
 
 

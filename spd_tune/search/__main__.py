@@ -1,7 +1,7 @@
 """The search service: ``python -m spd_tune.search {cifar10 | imagenet64 | demo | SPACE.yaml}``.
 
 Ray Tune runs one function trainable per trial, which launches that trial's Ray Train job (named
-``train-<trial id>``, so a restarted trial resumes its own run). OptunaSearch (seeded TPE, persistent SQLite
+``train-<trial id>``, so a restarted trial resumes its own run). Our Optuna searcher (seeded TPE, persistent SQLite
 study, the training config's own point first) proposes trials; ASHA stops poor ones at the kimg rungs, where
 every trial evaluates and checkpoints; stopped trials reach Optuna as PRUNED with their intermediate values.
 MLflow is written by one driver-side callback. After the ASHA phase, each finalist's EMA width and sampler can

@@ -18,6 +18,7 @@ from ..core.samplers import SamplerConfig
 from ..posthoc import PosthocPoint
 from .space import PosthocConfig
 
+RESULT_ATTR = "spd_tune.result"  # a study user attribute per told trial: <attr>.<trial number> -> its result
 EvaluateBatch = Callable[[Sequence[PosthocPoint]], Sequence[dict]]
 
 
@@ -73,8 +74,9 @@ def run_study(study: optuna.Study, ph: PosthocConfig, steps: int, power: bool,
         if len(results) != len(points):
             raise RuntimeError(f"{len(points)} post-hoc points evaluated as {len(results)} results")
         for trial, result in sorted(zip(trials, results), key=lambda item: item[0].number):
-            study._storage.set_trial_user_attr(trial._trial_id, "spd_tune.result",
-                                               {k: v for k, v in result.items() if k != "point"})
+            # on the study, keyed by trial number: a trial asked by an earlier driver (a FrozenTrial here) takes
+            # no attributes through Optuna's public API
+            study.set_user_attr(f"{RESULT_ATTR}.{trial.number}", {k: v for k, v in result.items() if k != "point"})
             number, score = trial.number, result["score"]
             if math.isfinite(score):
                 study.tell(number, score)
@@ -85,9 +87,9 @@ def run_study(study: optuna.Study, ph: PosthocConfig, steps: int, power: bool,
 
 def study_results(study: optuna.Study, ph: PosthocConfig) -> list[dict]:
     """Every told trial as {trial, score, nfe, point, ...}, in trial order."""
-    out = []
+    out, stored = [], study.user_attrs
     for t in study.get_trials(deepcopy=False):
         if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL):
-            result = dict(t.user_attrs.get("spd_tune.result", {}))
+            result = dict(stored.get(f"{RESULT_ATTR}.{t.number}", {}))
             out.append({"trial": t.number, **result, "point": point_of(t.params, ph).as_dict()})
     return out
