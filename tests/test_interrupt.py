@@ -257,3 +257,31 @@ def test_resume_on_a_finished_search_has_nothing_to_do(chain):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "has finished" in again.stdout and "nothing to do" in again.stdout
     assert chain["again_versions"] == 1
+
+
+@pytest.mark.timeout(900)
+def test_the_gate_is_logged_kept_across_resumes_and_its_anchors_ran_to_the_end(chain):
+    """The demo's default stopping: GatedASHA, its state in gate_state.json across five restores, its anchors (the
+    first trial and every third) trained to max_kimg, its gates on the parent MLflow run."""
+    from ray.tune import ExperimentAnalysis
+
+    from spd_tune.search.schedulers import read_gates
+
+    root = chain["root"]
+    gate = read_gates(root / "gate_state.json")
+    assert gate is not None and set(gate["gates"]) == {"0.16", "0.32"}
+    trials = {t.trial_id: t for t in ExperimentAnalysis(str(root / "ray" / "tune" / "demo")).trials}
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{root / 'optuna.db'}")
+    order = [t.user_attrs["spd_tune.trial_id"] for t in study.trials if not t.user_attrs.get("spd_tune.orphaned")]
+    assert order[0] in gate["anchors"] and len(gate["anchors"]) >= 2  # the first trial and every third
+    for anchor in gate["anchors"]:
+        assert trials[anchor].last_result["kimg"] >= MAX_KIMG - 1e-9
+    assert set(gate["stopped"]) <= set(trials) - set(gate["anchors"])
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    parent = client.search_runs([client.get_experiment_by_name("demo").experiment_id],
+                                filter_string="tags.`spd_tune.role` = 'search'")[0]
+    for rung, state in gate["gates"].items():
+        pairs = client.get_metric_history(parent.info.run_id, f"gate_kimg{rung}_pairs")
+        assert pairs and pairs[-1].value <= state["pairs"]  # logged as results arrived
+    report = (root / "report.html").read_text()
+    assert "Early-stopping gate" in report and all(a in report for a in gate["anchors"])

@@ -189,6 +189,7 @@ def conclude(space: Space, layout: Layout, results, argv: list[str] | None = Non
     does not cut, the champion's registration and the mark that the search has finished. A signal before that
     step registers nothing, and ``--resume`` concludes again from what the stages kept."""
     from .champion import choose_champion, register_champion  # with Ray Train: see build_tuner's import
+    from .schedulers import GATE_STATE_FILE, read_gates  # with Ray Tune: see build_tuner's import
     from .tracking import end_search_run, finish_search, log_costs
     from .tuner import reconcile
 
@@ -228,7 +229,7 @@ def conclude(space: Space, layout: Layout, results, argv: list[str] | None = Non
     fit_files = [layout.root / n for n in ("spectrum_fit.json", "spectrum.png") if (layout.root / n).is_file()]
     report = write_report(layout.root / "report.html", space, results, best, lines=lines, costs=costs, spent=spent,
                           trust=trust, plain=plain_finals(finalists), optuna_url=layout.optuna_url, argv=argv,
-                          front_png=front_png)
+                          front_png=front_png, gate=read_gates(layout.root / GATE_STATE_FILE))
     print(f"report: {report}")
     finish_search(layout.tracking_uri, space.train.name, "\n".join([summary, "", *lines]),
                   {**best, "trust": trust, "cost": spent}, layout.optuna_url, front, metrics, [report, *fit_files])
@@ -274,6 +275,13 @@ def describe(space: Space, layout: Layout, max_concurrent: int | None = None) ->
     source = "the config's own values, with the fitted ones" if space.fit else "the config's own values"
     lines.append(f"  first trial ({source}): {space.default_point()}")
     lines.append(f"  ASHA rungs at kimg {space.rungs()} (evaluate + checkpoint at each)")
+    gate = space.search.gate
+    if gate.enabled and not space.search.multi_objective.enabled:
+        anchors = gate.anchors(space.search.trials)
+        lines.append(f"  gate: a rung stops trials only once the lower 95% bound of its rank agreement with the highest "
+                     f"kimg reached exceeds {gate.threshold:g} (at least {gate.min_pairs} pairs); anchors: the first "
+                     f"trial and one in every {gate.anchor_every} after it, {anchors} of {space.search.trials} trials, run to "
+                     f"{space.max_kimg:g} kimg whatever the rungs say (at least {anchors} full trainings)")
     ph, final = space.search.posthoc, space.search.final
     if ph.enabled:
         samples, seed = posthoc_protocol(space)

@@ -107,6 +107,11 @@ def search_costs(space: Space) -> tuple[list[StageCost], dict]:
         if f.sampler_steps is None and highest > steps:
             rows.append(StageCost(f"one final score at the highest T the space allows ({highest})",
                                   f.samples * highest, f.samples * (highest * forward + inception)))
+    gate = space.search.gate
+    if gate.enabled and not space.search.multi_objective.enabled:
+        anchors = gate.anchors(space.search.trials)
+        full = rows[0].flops + rung.flops * rungs
+        rows.append(StageCost(f"the gate's {anchors} anchors (to {space.max_kimg:g} kimg whatever the rungs say)", anchors * (rows[0].evaluations + rung.evaluations * rungs), anchors * full))
     rows.append(whole_search(space, rows, rung))
     figures = {"unet_forward_flops": forward, "unet_train_flops": train, "inception_flops": inception,
                "steps": steps, "lowest_steps": lowest_steps(space)}
@@ -129,14 +134,19 @@ def whole_search(space: Space, rows: list[StageCost], rung: StageCost) -> StageC
     """Every trial's expected training under ASHA and its rung evaluations (``rung``: one), plus the expected
     post-hoc stage and the final protocol (rows as built by search_costs, one trial's training first)."""
     trials, eta = space.search.trials, space.search.asha.reduction_factor
-    reached = trials * sum(1 / eta ** i for i in range(len(space.rungs())))  # rung evaluations, expected
+    gate = space.search.gate
+    anchors = gate.anchors(trials) if gate.enabled and not space.search.multi_objective.enabled else 0
+    stopped = trials - anchors  # trials the rungs may stop; anchors run in full (their row)
+    reached = stopped * sum(1 / eta ** i for i in range(len(space.rungs())))  # rung evaluations, expected
     train = rows[0]  # one trial's full training
     share = asha_kimg(space) / space.max_kimg
-    stages = [r for r in rows if r.stage.startswith(("post-hoc stage, expected", "final protocol"))]
-    flops = trials * share * train.flops + reached * rung.flops + sum(r.flops for r in stages)
-    evaluations = trials * share * train.evaluations + reached * rung.evaluations + sum(r.evaluations for r in stages)
-    return StageCost(f"the whole search, expected ({trials} trials, ASHA keeping 1/{eta:g} at each rung)",
-                     evaluations, flops)
+    stages = [r for r in rows if r.stage.startswith(("post-hoc stage, expected", "final protocol", "the gate's"))]
+    flops = stopped * share * train.flops + reached * rung.flops + sum(r.flops for r in stages)
+    evaluations = stopped * share * train.evaluations + reached * rung.evaluations + sum(r.evaluations for r in stages)
+    label = f"{trials} trials, ASHA keeping 1/{eta:g} at each rung"
+    if anchors:
+        label += f" once gated, {anchors} anchors in full"
+    return StageCost(f"the whole search, expected ({label})", evaluations, flops)
 
 
 def mean_log_uniform(low: int, high: int) -> float:

@@ -175,9 +175,33 @@ def reproduce(space: Space, info: dict, argv: list[str] | None) -> str:
     return html.escape("\n".join(lines))
 
 
+def gate_section(gate: dict) -> str:
+    """The stopping gate as the search ended: per rung, whether it could stop trials and on what measurement; the
+    anchors; the trials the gate let through and those it stopped."""
+    rows = ["<h2>Early-stopping gate</h2><p>A rung stops trials only once the lower 95% bound of Spearman's rho "
+            f"between its scores and those at the highest kimg reached exceeds {gate['threshold']:g}.</p><table>"
+            "<tr><th class=l>rung (kimg)</th><th class=l>state</th><th>rho</th><th>lower bound</th><th>pairs</th>"
+            "<th>compared with (kimg)</th></tr>"]
+    for rung, g in gate["gates"].items():
+        rows.append(f"<tr><td class=l>{html.escape(rung)}</td><td class=l>{'open' if g['open'] else 'closed'}</td>"
+                    f"<td>{_fmt(g.get('rho'), 3)}</td><td>{_fmt(g.get('lower'), 3)}</td><td>{g['pairs']}</td>"
+                    f"<td>{_fmt(g.get('against'))}</td></tr>")
+    rows.append("</table>")
+    closed_now = {t: m for t, m in gate["stopped"].items() if not gate["gates"].get(f"{m:g}", {}).get("open")}
+    items = [f"anchors (run to the end whatever the rungs said): {', '.join(gate['anchors']) or 'none'}",
+             "let through by a closed gate or as anchors, where ASHA would have stopped them: " + (", ".join(
+                 f"{t} ({m:g} kimg)" for t, m in sorted(gate["let_through"].items())) or "none"),
+             "stopped by an open gate: " + (", ".join(f"{t} ({m:g} kimg)" for t, m in sorted(gate["stopped"].items()))
+                                            or "none")]
+    if closed_now:
+        items.append("stopped while their rung's gate was open, which has closed since (their PRUNED state in "
+                     "Optuna stands): " + ", ".join(f"{t} ({m:g} kimg)" for t, m in sorted(closed_now.items())))
+    return "\n".join(rows) + "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
 def write_report(path: Path, space: Space, results, info: dict, *, lines: list[str], costs: dict[str, dict],
                  spent: dict, trust: dict, plain: dict[str, float], optuna_url: str, argv: list[str] | None,
-                 front_png: Path | None = None) -> Path:
+                 front_png: Path | None = None, gate: dict | None = None) -> Path:
     """Render the report of a finished search to ``path`` and return it."""
     final_name = final_metric_name(space.metric)
     baseline = next((f for f in (info.get("finalists") or []) if f.get("baseline")), None)
@@ -188,6 +212,8 @@ def write_report(path: Path, space: Space, results, info: dict, *, lines: list[s
              "<h2>Result</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>",
              "<h2>Trials</h2>", trial_table(space, results, info, costs, spent["unit"]),
              "<h2>Metric curves</h2>", curves_figure(space, results)]
+    if gate:
+        parts.append(gate_section(gate))
     if plain:
         parts += ["<h2>Rung trust</h2><table><tr><th class=l>correlation</th><th>Spearman rho</th><th>pairs</th></tr>"]
         parts += [f"<tr><td class=l>{html.escape(n)}</td><td>{_fmt(t['rho'], 3)}</td><td>{t['pairs']}</td></tr>"

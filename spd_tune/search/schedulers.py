@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ..fsutil import atomic_path
 
 STATE_VERSION = 1
+GATE_STATE_FILE = "gate_state.json"  # beside the Optuna study: GatedASHA's rungs, anchors, stops and gates
 
 
 class PersistentASHA(ASHAScheduler):
@@ -123,6 +124,7 @@ class GatedASHA(FIFOScheduler):
         self.order: list[str] = []  # trials in the order they were added
         self.anchors: set[str] = set()
         self.stopped: dict[str, float] = {}  # trial id -> the milestone whose open gate stopped it
+        self.let_through: dict[str, float] = {}  # trial id -> the first milestone that would have stopped it, closed
         self._load()
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
@@ -189,11 +191,15 @@ class GatedASHA(FIFOScheduler):
         return milestone
 
     def _stops(self, trial_id: str, milestone: float) -> bool:
-        if trial_id in self.anchors or milestone >= self.max_t or not self.gates()[milestone]["open"]:
+        if milestone >= self.max_t:
             return False
         values = sorted(self.scores[milestone].values())
         keep = max(1, int(math.floor(len(values) / self.rf)))
-        return self.scores[milestone][trial_id] > values[keep - 1]
+        below_cutoff = self.scores[milestone][trial_id] > values[keep - 1]
+        if below_cutoff and (trial_id in self.anchors or not self.gates()[milestone]["open"]):
+            self.let_through.setdefault(trial_id, milestone)  # ASHA would have stopped it here
+            return False
+        return below_cutoff
 
     # --- persistence (as PersistentASHA)
     def __setstate__(self, state: dict) -> None:
@@ -201,8 +207,12 @@ class GatedASHA(FIFOScheduler):
         self._load()
 
     def _state(self) -> dict:
-        return {"version": STATE_VERSION, "kind": "gated", "order": self.order, "anchors": sorted(self.anchors),
-                "stopped": self.stopped, "scores": [[m, _finite_or_none(s)] for m, s in self.scores.items()]}
+        gates = {f"{m:g}": {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in g.items()}
+                 for m, g in self.gates().items()}
+        return {"version": STATE_VERSION, "kind": "gated", "threshold": self.threshold, "order": self.order,
+                "anchors": sorted(self.anchors), "stopped": self.stopped, "let_through": self.let_through,
+                "gates": gates,
+                "scores": [[m, _finite_or_none(s)] for m, s in self.scores.items()]}
 
     def _save(self) -> None:
         if self.state_file is None:
@@ -218,6 +228,7 @@ class GatedASHA(FIFOScheduler):
             raise ValueError(f"{self.state_file} holds the state of another scheduler")
         self.order, self.anchors = list(state["order"]), set(state["anchors"])
         self.stopped = {k: float(v) for k, v in state["stopped"].items()}
+        self.let_through = {k: float(v) for k, v in state.get("let_through", {}).items()}
         for milestone, saved in state["scores"]:
             self.scores.setdefault(float(milestone), {}).update(
                 {t: math.inf if v is None else float(v) for t, v in saved.items()})
@@ -238,3 +249,14 @@ def lower_bound(rho: float, n: int, z: float = 1.6449) -> float:
         return math.nan
     r = min(max(rho, -0.999999), 0.999999)
     return math.tanh(math.atanh(r) - z * math.sqrt(1.06 / (n - 3)))
+
+
+def read_gates(state_file: str | Path) -> dict | None:
+    """A GatedASHA's saved state as the search reports it: {threshold, anchors, stopped, gates}, or None."""
+    path = Path(state_file)
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    if state.get("kind") != "gated":
+        return None
+    return {k: state.get(k, {}) for k in ("threshold", "anchors", "stopped", "let_through", "gates")}

@@ -164,6 +164,29 @@ class PosthocConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """Rank-gated stopping with full-length anchors (search/schedulers.py, GatedASHA; docs/search.md)."""
+
+    enabled: bool = True
+    anchor_every: int = 3  # the first trial and every anchor_every-th after it run to max_kimg
+    threshold: float = 0.3  # a rung stops trials once the lower 95% bound of its rank agreement exceeds this
+    min_pairs: int = 4  # trials that reached both the rung and the fidelity it is compared with
+
+    def __post_init__(self) -> None:
+        if self.anchor_every < 1:
+            raise ConfigError(f"search.gate.anchor_every={self.anchor_every} must be >= 1 (1: every trial runs to "
+                              "max_kimg)")
+        if not -1.0 <= self.threshold < 1.0:
+            raise ConfigError(f"search.gate.threshold={self.threshold} must be in [-1, 1) (a Spearman correlation)")
+        if self.min_pairs < 4:
+            raise ConfigError(f"search.gate.min_pairs={self.min_pairs} must be >= 4 (a bound needs 4 pairs)")
+
+    def anchors(self, trials: int) -> int:
+        """How many of ``trials`` are anchors."""
+        return -(-trials // self.anchor_every)
+
+
+@dataclass(frozen=True)
 class MultiObjectiveConfig:
     """Search the score against sampling cost (NFE) as a Pareto front."""
 
@@ -182,6 +205,7 @@ class SearchConfig:
     budget_hours: float | None = None  # resource-hours (GPU, or CPU without GPUs): no new trial once it would exceed
     enqueue_defaults: bool = True  # the training config's own values (the paper's point) are the first trial
     asha: ASHAConfig = ASHAConfig()
+    gate: GateConfig = GateConfig()
     final: FinalConfig = FinalConfig()
     posthoc: PosthocConfig = PosthocConfig()
     multi_objective: MultiObjectiveConfig = MultiObjectiveConfig()

@@ -19,6 +19,7 @@ from ray.tune import Callback
 
 from ..train.config import nimg, stopped_early
 from ..train.session import GRID_FILE
+from .schedulers import read_gates
 
 log = logging.getLogger("spd_tune.tracking")
 
@@ -105,6 +106,16 @@ class MLflowTracker:
                 named.write_bytes(grid.read_bytes())
                 self.client.log_artifact(run_id, str(named), artifact_path="samples")
 
+    def log_gate(self, rung: str, gate: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now, name = int(time.time() * 1000), f"gate_kimg{rung}"
+        metrics = [Metric(f"{name}_pairs", float(gate["pairs"]), now, step),
+                   Metric(f"{name}_open", float(gate["open"]), now, step)]
+        if gate.get("lower") is not None:
+            metrics.append(Metric(name, float(gate["lower"]), now, step))
+        self.client.log_batch(self.parent_id, metrics=metrics)
+
     def finish(self, run_id: str, status: str, tags: dict | None = None) -> None:
         for key, value in (tags or {}).items():
             self.client.set_tag(run_id, key, value)
@@ -114,14 +125,33 @@ class MLflowTracker:
 class MLflowCallback(Callback):
     """Tune callback around MLflowTracker; it survives Tuner.restore (pickled with the experiment)."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str, max_kimg: float, param_names: list):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str, max_kimg: float, param_names: list,
+                 gate_file: str | None = None):
         self.tracking_uri, self.experiment, self.artifact_root = tracking_uri, experiment, artifact_root
         self.max_kimg, self.param_names = max_kimg, list(param_names)
+        self.gate_file = gate_file
         self.tracker: MLflowTracker | None = None
         self.paused_until, self.skipped = 0.0, 0
+        self.gates_seen: dict = {}
+        self.reports = 0
 
     def __getstate__(self):
-        return {**self.__dict__, "tracker": None, "paused_until": 0.0, "skipped": 0}
+        return {**self.__dict__, "tracker": None, "paused_until": 0.0, "skipped": 0, "gates_seen": {}}
+
+    def _log_gates(self) -> None:
+        """The stopping gate of every rung on the parent run (``gate_kimg<rung>``: the lower bound of its rank
+        agreement; ``_pairs``; ``_open`` 0/1) when it changes, and one console line when a gate opens or closes."""
+        state = read_gates(self.gate_file) if self.gate_file else None
+        if not state:
+            return
+        for rung, gate in state["gates"].items():
+            seen = self.gates_seen.get(rung)
+            if seen == gate:
+                continue
+            if (seen or {}).get("open", False) != gate["open"]:
+                print(gate_line(rung, gate, state["threshold"]), flush=True)
+            self.gates_seen[rung] = gate
+            self._guard("gate", self.tracker.log_gate, rung, gate, self.reports)
 
     def _guard(self, what: str, fn, *args):
         """Run one MLflow call; on failure log it and pause MLflow for a while, so a dead tracking server costs
@@ -153,8 +183,11 @@ class MLflowCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._child(trial)
+        self.reports += 1
         if run_id:
             self._guard("metrics", self.tracker.log_result, run_id, result)
+        if self.tracker is not None:
+            self._log_gates()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._child(trial)
@@ -172,6 +205,16 @@ class MLflowCallback(Callback):
         run_id = self._child(trial)
         if run_id:
             self._guard("trial error", self.tracker.finish, run_id, "FAILED", {"spd_tune.error": "true"})
+
+
+def gate_line(rung: str, gate: dict, threshold: float) -> str:
+    """The console's line when a rung's gate opens or closes."""
+    measured = (f"rho {gate['rho']:+.2f}, lower 95% bound {gate['lower']:+.2f} vs threshold {threshold:+.2f}, "
+                f"{gate['pairs']} pairs against {gate['against']:g} kimg" if gate.get("lower") is not None
+                else f"{gate['pairs']} pairs, not measured yet")
+    if gate["open"]:
+        return f"[spd-tune] gate at {rung} kimg open ({measured}): this rung may now stop trials"
+    return f"[spd-tune] gate at {rung} kimg closed ({measured}): this rung stops no trial"
 
 
 def finish_search(tracking_uri: str, experiment: str, summary: str, champion: dict | None, optuna_url: str,

@@ -18,7 +18,7 @@ from .costs import Budget
 from .interrupt import active
 from .plan import Layout
 from .results import trial_run_name
-from .schedulers import PersistentASHA
+from .schedulers import GATE_STATE_FILE, GatedASHA, PersistentASHA
 from .searcher import BudgetLimiter, StudySearcher
 from .space import Space
 from .tracking import MLflowCallback, close_orphan_runs
@@ -71,6 +71,11 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool,
         # Optuna cannot prune multi-objective trials and ASHA ranks by one metric only, so every trial runs
         # to max_kimg: the front compares fully trained models
         scheduler = FIFOScheduler()
+    elif space.search.gate.enabled:
+        gate = space.search.gate
+        scheduler = GatedASHA(layout.root / GATE_STATE_FILE, time_attr="kimg", max_t=space.max_kimg,
+                              grace_period=asha.grace_kimg, reduction_factor=asha.reduction_factor,
+                              anchor_every=gate.anchor_every, threshold=gate.threshold, min_pairs=gate.min_pairs)
     else:
         scheduler = PersistentASHA(layout.root / ASHA_STATE_FILE, time_attr="kimg", max_t=space.max_kimg,
                                    grace_period=asha.grace_kimg, reduction_factor=asha.reduction_factor)
@@ -86,7 +91,8 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool,
         run_config=tune.RunConfig(
             name=space.train.name, storage_path=layout.under_storage("tune"),
             callbacks=[MLflowCallback(layout.tracking_uri, space.train.name, str(layout.root / "mlartifacts"),
-                                      space.max_kimg, list(space.search.params)), StopOnSignal()],
+                                      space.max_kimg, list(space.search.params),
+                                      gate_file=str(layout.root / GATE_STATE_FILE)), StopOnSignal()],
             failure_config=tune.FailureConfig(max_failures=1)),
     )
 
