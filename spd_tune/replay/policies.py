@@ -11,12 +11,14 @@ search builds it (Ray Tune's scheduler objects, or the project's own), so the re
 - ``median``: Ray's median stopping rule (a trial stops when its best score is worse than the median of the other
   trials' running means at the same kimg; from the grace on, with at least 3 others);
 - ``asha_late_grace``: ASHA with the next rung as its grace (the first rung dropped);
-- ``gated``: search/schedulers.py's GatedASHA: full-length anchors (the first trial and every third), and a rung
-  stops trials only once its agreement with the highest fidelity reached has a lower 95% bound above 0.3.
+- ``gated``: search/schedulers.py's GatedASHA with the space's ``search.gate`` (defaults: the first trial and
+  one in every 3 run to the end; a rung stops trials only once the lower 95% bound of its agreement with the
+  highest fidelity reached exceeds 0.3).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -24,6 +26,7 @@ from ray.tune.schedulers import FIFOScheduler, MedianStoppingRule, TrialSchedule
 
 from ..errors import ConfigError
 from ..search.schedulers import GatedASHA, PersistentASHA
+from ..search.space import GateConfig
 
 POLICIES = ("none", "asha", "asha_3brackets", "hyperband", "median", "asha_late_grace", "gated")
 
@@ -57,10 +60,16 @@ BUILDERS: dict[str, Callable[[dict, float, str], TrialScheduler]] = {
         time_attr="kimg", metric=metric, mode="min", grace_period=search["asha"]["grace_kimg"],
         min_samples_required=3),
     "asha_late_grace": _late_grace,
-    "gated": lambda search, max_kimg, metric: GatedASHA(
-        None, metric=metric, max_t=max_kimg, grace_period=search["asha"]["grace_kimg"],
-        reduction_factor=search["asha"]["reduction_factor"]),
+    "gated": lambda search, max_kimg, metric: _gated(search, max_kimg, metric),
 }
+
+
+def _gated(search: dict, max_kimg: float, metric: str) -> GatedASHA:
+    """The space's gate as recorded in the table (search.gate), with GateConfig's defaults for what it lacks."""
+    gate = {**{f.name: f.default for f in dataclasses.fields(GateConfig)}, **(search.get("gate") or {})}
+    return GatedASHA(None, metric=metric, max_t=max_kimg, grace_period=search["asha"]["grace_kimg"],
+                     reduction_factor=search["asha"]["reduction_factor"], anchor_every=gate["anchor_every"],
+                     threshold=gate["threshold"], min_pairs=gate["min_pairs"])
 
 
 def build(name: str, search: dict, max_kimg: float, metric: str) -> TrialScheduler:

@@ -109,7 +109,8 @@ class Replay:
         for point in run["points"]:
             spent += float(point.get("seconds") or 0.0) * math.exp(rng.normal(0.0, self.sigma))
             if rung < len(self.rungs) and point["kimg"] >= self.rungs[rung] - 1e-9:
-                out.append((float(point["kimg"]), finite_or_inf(point["scores"].get(self.protocol)), spent))
+                scores = point["scores"]  # a candidate protocol is not recorded at max_kimg: the rung score there
+                out.append((float(point["kimg"]), finite_or_inf(scores.get(self.protocol, scores.get("rung"))), spent))
                 spent, rung = 0.0, rung + 1
         return out
 
