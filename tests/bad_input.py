@@ -115,6 +115,11 @@ def _cluster_typo(d: Path) -> None:
     _write(d / "typo.yaml", yaml.safe_dump(raw))
 
 
+def _fake_experiment(root: Path) -> None:
+    """What Tune leaves of a search (its tuner.pkl, all that Tuner.can_restore looks for), without the Optuna study."""
+    _write(root / "ray" / "tune" / "demo" / "tuner.pkl", "")
+
+
 def _search(*extra: str) -> Callable[[Path], list[str]]:
     return lambda d: ["demo", "--output", str(d / "out"), *[a.replace("{d}", str(d)) for a in extra]]
 
@@ -161,6 +166,13 @@ CASES = [
     Case("search: negative batch", "search", _search("--set", "train.batch=-32"), "batch=-32"),
     Case("search: absurd batch", "search", _search("--set", "train.batch=10000000"), "batch=10000000 is beyond"),
     Case("search: zero trials", "search", _search("--trials", "0"), "search.trials=0"),
+    Case("search: gate threshold out of range", "search", _search("--set", "search.gate.threshold=1.5"),
+         "search.gate.threshold=1.5 must be in [-1, 1)"),
+    Case("search: gate with too few pairs", "search", _search("--set", "search.gate.min_pairs=2"),
+         "search.gate.min_pairs=2 must be >= 4"),
+    Case("search: --resume with the Optuna study gone", "search",
+         lambda d: ["demo", "--output", str(d / "out"), "--resume"], "the Optuna study 'demo' is not in",
+         setup=lambda d: _fake_experiment(d / "out" / "demo")),
     Case("search: custom resource named GPU", "search", _search("--set", "train.resources.custom={GPU: 1}"),
          "custom resources need a name other than"),
     Case("search: unknown tracking URI scheme", "search", _search("--tracking-uri", "ftp://host/mlflow"),

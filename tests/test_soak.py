@@ -28,6 +28,7 @@ SEARCH = [
     "search.asha.grace_kimg=0.16", "search.asha.reduction_factor=4", "search.asha.max_kimg=0.64",
     "search.final.top_k=0", "search.posthoc.enabled=false", f"search.trials={TRIALS}",
     f"search.max_concurrent={AT_ONCE}", "search.startup_trials=6",
+    "search.gate.enabled=false",  # plain ASHA: the soak stresses stopping, as many stops as it can get
 ]
 
 
