@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from study_db import count
 
 pytestmark = [pytest.mark.slow]
 
@@ -42,27 +42,17 @@ STATE_MAP = {
 }
 
 
-def _count(db: Path, sql: str) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            return int(con.execute(sql).fetchone()[0])
-    except sqlite3.Error:
-        return 0
-
-
 def _checkpoints(root: Path) -> int:
     return len(list((root / "ray").glob("train-*/step_*")))
 
 
 def _told_posthoc(root: Path) -> int:
-    return _count(root / "optuna.db", "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE study_name "
+    return count(root / "optuna.db", "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE study_name "
                                       "LIKE 'demo/posthoc/%' AND state IN ('COMPLETE', 'FAIL')")
 
 
 def _registered_versions(root: Path) -> int:
-    return _count(root / "mlflow.db", "SELECT COUNT(*) FROM model_versions")
+    return count(root / "mlflow.db", "SELECT COUNT(*) FROM model_versions")
 
 
 class Search:

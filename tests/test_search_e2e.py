@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from spd_tune.checkpoint import load_checkpoint
 from spd_tune.search.__main__ import main
+from study_db import count
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -107,24 +108,6 @@ def test_champion_is_copied_loadable_and_registered(finished_search):
     files = {a.path for a in client.list_artifacts(version.run_id, "champion")}
     assert {"champion/model.pt", "champion/config.json"} <= files
     assert "final_proxy_fd64" in client.get_run(version.run_id).data.metrics
-
-
-def _count(db, sql: str) -> int:
-    """One COUNT(*) of a study database, read without touching its schema (a second Optuna client would race the
-    driver's own schema creation); 0 while the database is not there yet."""
-    import sqlite3
-
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            return int(con.execute(sql).fetchone()[0])
-    except sqlite3.Error:
-        return 0
-
-
-def _finished_trials(db) -> int:
-    return _count(db, "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')")
 
 
 def _kill_when(args: list[str], env: dict, log_path, condition, poll_s: float) -> None:
@@ -233,7 +216,7 @@ def test_posthoc_stage_contract(finished_search):
 
 
 def _told_posthoc_trials(db) -> int:
-    return _count(db, "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE study_name LIKE "
+    return count(db, "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE study_name LIKE "
                       "'demo/posthoc/%' AND state IN ('COMPLETE', 'FAIL')")
 
 

@@ -40,7 +40,19 @@ def optuna_distribution(spec: ParamSpec) -> optuna.distributions.BaseDistributio
     return optuna.distributions.FloatDistribution(float(spec.low), float(spec.high), log=spec.log)
 
 
-class StudySearcher(Searcher):
+class _PickledState(Searcher):
+    """Tune saves a searcher with save() and restores it with restore(): both through get_state/set_state."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+
+class StudySearcher(_PickledState):
     """Proposals from an Optuna study (seeded TPE, the space's own point first), told what each trial became."""
 
     def __init__(self, space: Space, optuna_url: str) -> None:
@@ -149,16 +161,9 @@ class StudySearcher(Searcher):
     def set_state(self, state: dict) -> None:
         self.__dict__.update(state)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
 
 
-class BudgetLimiter(Searcher):
+class BudgetLimiter(_PickledState):
     """search.budget_hours around a searcher: no new trial once the hours spent plus one more trial's projected
     cost would exceed the budget (search/costs.py's Budget). What was spent lives in its saved state."""
 
@@ -200,10 +205,3 @@ class BudgetLimiter(Searcher):
         self.spent, self.said = dict(state["spent"]), state["said"]
         self.searcher.set_state(state["searcher"])
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
