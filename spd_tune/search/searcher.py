@@ -85,10 +85,14 @@ class StudySearcher(_PickledState):
                 self._study.enqueue_trial(self.first_point)
         return self._study
 
+    @property
+    def storage(self) -> optuna.storages.RDBStorage:
+        self.study  # opens the study and its storage
+        return self._storage
+
     def _internal_id(self, trial_id: str) -> int:
-        self.study  # opens the storage
-        study_id = self._storage.get_study_id_from_name(self.study_name)
-        return self._storage.get_trial_id_from_study_id_trial_number(study_id, self.numbers[trial_id])
+        study_id = self.storage.get_study_id_from_name(self.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, self.numbers[trial_id])
 
     # --- Tune's Searcher interface
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -144,16 +148,16 @@ class StudySearcher(_PickledState):
         return True
 
     def _storage_trial(self, trial_id: str) -> optuna.trial.FrozenTrial:
-        return self._storage.get_trial(self._internal_id(trial_id))
+        return self.storage.get_trial(self._internal_id(trial_id))
 
     def _report(self, trial_id: str, result: dict) -> None:
         value, step = result.get(self.metric), nimg(result.get("kimg", 0))
         if isinstance(value, (int, float)) and math.isfinite(value) \
                 and step not in self._storage_trial(trial_id).intermediate_values:
-            self._storage.set_trial_intermediate_value(self._internal_id(trial_id), step, float(value))
+            self.storage.set_trial_intermediate_value(self._internal_id(trial_id), step, float(value))
 
     def _set_attr(self, trial_id: str, key: str, value) -> None:
-        self._storage.set_trial_user_attr(self._internal_id(trial_id), key, value)
+        self.storage.set_trial_user_attr(self._internal_id(trial_id), key, value)
 
     def get_state(self) -> dict:
         return self.__getstate__()
