@@ -46,6 +46,11 @@ def _checkpoints(root: Path) -> int:
     return len(list((root / "ray").glob("train-*/step_*")))
 
 
+def _experiment_states(root: Path) -> int:
+    """Tune writes a new experiment_state file each time a driver (re)starts its loop."""
+    return len(list((root / "ray" / "tune" / "demo").glob("experiment_state-*.json")))
+
+
 def _told_posthoc(root: Path) -> int:
     return count(root / "optuna.db", "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE study_name "
                                       "LIKE 'demo/posthoc/%' AND state IN ('COMPLETE', 'FAIL')")
@@ -121,9 +126,9 @@ def chain(ray_cluster, tmp_path_factory):
     seen["sigterm"] = search.interrupt("--resume", when=lambda: _checkpoints(root) > before,
                                        signals=[signal.SIGTERM], to_group=False)
     seen["sigterm"].update(_snapshot(root))
-    # 4. an impatient user: Ctrl-C twice
-    before = _checkpoints(root)
-    seen["double"] = search.interrupt("--resume", when=lambda: _checkpoints(root) > before,
+    # 4. an impatient user: Ctrl-C twice, once the resumed search is back in Tune's loop (it saved its state anew)
+    before = _experiment_states(root)
+    seen["double"] = search.interrupt("--resume", when=lambda: _experiment_states(root) > before,
                                       signals=[signal.SIGINT, signal.SIGINT])
     seen["double"].update(_snapshot(root))
     # 5. SIGINT during the post-hoc stage, after at least one post-hoc evaluation was told

@@ -178,7 +178,7 @@ def test_a_full_disk_fails_a_ray_train_run_clearly(ray_cluster, tmp_path):
 SEARCH = [
     "train.data.demo_count=256", "train.batch=16", "train.total_kimg=0.64", "train.eval.samples=16",
     "train.eval.sampler_steps=4", "train.eval.ref_count=32", "train.eval.grid=4", "train.log_every_s=1000",
-    "search.asha.grace_kimg=0.16", "search.asha.max_kimg=0.64", "search.final.top_k=0",
+    "search.asha.grace_kimg=0.16", "search.asha.max_kimg=0.64", "search.final.top_k=0", "search.gate.enabled=false",
     "search.posthoc.enabled=false",
 ]
 

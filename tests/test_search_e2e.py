@@ -22,7 +22,10 @@ TINY = [
     "train.eval.sampler_steps=4", "train.eval.ref_count=32", "train.eval.grid=4", "train.log_every_s=1000",
     "search.asha.grace_kimg=0.16", "search.asha.max_kimg=0.64", "search.final.top_k=2", "search.final.samples=16",
     "search.final.sampler_steps=4", "search.posthoc.evaluations=2", "search.posthoc.k_min=2",
-    "search.posthoc.k_max=6", f"search.trials={TRIALS}",
+    "search.posthoc.k_max=6",
+    # plain ASHA (PersistentASHA): these searches check stopping, pruning and their records; the gate's own checks
+    # are tests/test_schedulers.py and the interrupted search of tests/test_interrupt.py
+    "search.gate.enabled=false", f"search.trials={TRIALS}",
 ]
 POSTHOC_EVALUATIONS = 2
 
@@ -31,9 +34,7 @@ POSTHOC_EVALUATIONS = 2
 def finished_search(ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
     sets = [arg for item in TINY for arg in ("--set", item)]
-    # plain ASHA (PersistentASHA): this search checks stopping, pruning and their records; the gate's own checks are
-    # tests/test_schedulers.py and the interrupted search of tests/test_interrupt.py
-    sets += ["--set", f"train.data.cache_dir={out / 'cache'}", "--set", "search.gate.enabled=false"]
+    sets += ["--set", f"train.data.cache_dir={out / 'cache'}"]
     console = io.StringIO()
     with contextlib.redirect_stdout(console):  # Ray forwards worker output to sys.stdout as it is at print time
         assert main(["demo", "--output", str(out), *sets]) == 0
