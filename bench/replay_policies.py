@@ -1,6 +1,6 @@
 """The replay's figures for docs/method.md: every policy on the known-answer table with the default flags, the
 gate's settings swept, rank agreement per recorded protocol, and gated against ASHA on a synthetic table of 64
-configurations whose rungs agree.
+configurations whose rungs agree (with the anchors' spacing once every gate is open swept there).
 
     python bench/replay_policies.py [--table bench/curves/known_answer.json] [--out results.json]
 """
@@ -66,6 +66,18 @@ def main() -> None:
         out["synthetic64"] = compare(str(synthetic), policies=["none", "asha", "gated"], seeds=args.seeds,
                                      orders=args.orders)
         print_comparison(out["synthetic64"])
+        out["synthetic64_anchor_every_open"] = []
+        for spacing in (3, 6, 9, 1000):  # 3: never thinner; 1000: no anchor once every gate is open
+            data = copy.deepcopy(load_table(synthetic).data)
+            data["search"]["gate"] = {"anchor_every_open": spacing}
+            path = Path(tmp) / f"synthetic64_open{spacing}.json"
+            save_table(type(table)(data), path)
+            r = compare(str(path), policies=["asha", "gated"], seeds=args.seeds, orders=args.orders)
+            row = {"anchor_every_open": spacing, "asha_compute": r["policies"]["asha"]["compute"],
+                   **{k: r["policies"]["gated"][k] for k in ("p_thrown_away", "success", "compute")},
+                   "regret": r["policies"]["gated"]["regret"]["mean"]}
+            out["synthetic64_anchor_every_open"].append(row)
+            print(row)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
 

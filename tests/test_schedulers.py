@@ -127,3 +127,29 @@ def test_the_lower_bound_is_below_rho_and_tightens_with_pairs():
     assert lower_bound(0.8, 3) != lower_bound(0.8, 3)  # NaN below 4 pairs
     assert lower_bound(0.8, 5) < lower_bound(0.8, 50) < 0.8
     assert lower_bound(-0.5, 10) < -0.5
+
+
+def test_a_perfect_order_of_few_pairs_is_not_trusted():
+    # 4 pairs in order happen by chance 1 time in 24: no gate opens on them at the default threshold;
+    # 5 (1 in 120) do.
+    assert lower_bound(1.0, 4) < 0.3 < lower_bound(1.0, 5) < lower_bound(1.0, 6) < 1.0
+    scheduler = _gated(anchor_every=1000, min_pairs=4)
+    for i in range(4):
+        _run(scheduler, f"t{i}", {1: 1.0 + i, 2: 1.0 + i, 4: 1.0 + i})
+    assert scheduler.gates()[1.0]["pairs"] == 4 and not scheduler.gates()[1.0]["open"]
+    assert TrialScheduler.STOP not in _run(scheduler, "worse", {1: 100.0, 2: 100.0, 4: 100.0})[:-1]
+
+
+def test_anchors_thin_out_once_every_gate_is_open_and_thicken_when_one_closes():
+    scheduler = _gated(anchor_every=2, anchor_every_open=4, threshold=0.0)
+    for i in range(9):  # the gates open at 5 pairs in order (t0..t4): from then on 1 anchor in 4
+        _run(scheduler, f"t{i}", {1: 1.0 + i, 2: 1.0 + i, 4: 1.0 + i})
+    assert scheduler.anchors == {"t0", "t2", "t4", "t8"}
+    i = 9
+    while all(g["open"] for g in scheduler.gates().values()):  # trials best at the rungs and worst at the end
+        _run(scheduler, f"t{i}", {1: 0.5 - 0.01 * i, 2: 0.5 - 0.01 * i, 4: 100.0 + i})
+        i += 1
+        assert i < 40
+    for j in (i, i + 1):
+        _run(scheduler, f"t{j}", {1: 1.0, 2: 1.0, 4: 1.0})
+    assert scheduler.anchors & {f"t{i}", f"t{i + 1}"}  # back to 1 in 2

@@ -69,6 +69,7 @@ def _gated(search: dict, max_kimg: float, metric: str) -> GatedASHA:
     gate = {**{f.name: f.default for f in dataclasses.fields(GateConfig)}, **(search.get("gate") or {})}
     return GatedASHA(None, metric=metric, max_t=max_kimg, grace_period=search["asha"]["grace_kimg"],
                      reduction_factor=search["asha"]["reduction_factor"], anchor_every=gate["anchor_every"],
+                     anchor_every_open=gate["anchor_every_open"],
                      threshold=gate["threshold"], min_pairs=gate["min_pairs"])
 
 

@@ -95,7 +95,9 @@ class GatedASHA(FIFOScheduler):
     as the highest fidelity reached does, with full-length anchors that measure it without survivor bias.
 
     - Anchors: the first trial (the space's own point, or the spectrum fit's) and every ``anchor_every``-th trial
-      after it run to max_t whatever the rungs say.
+      after it run to max_t whatever the rungs say. Once every rung's gate is open, the spacing widens to
+      ``anchor_every_open``: the anchors then only watch whether trust holds, and a rung that agrees costs
+      little more than plain ASHA. When a gate closes again the spacing is back to ``anchor_every``.
     - The gate of a rung: Spearman's rho between the rung's scores and the scores at the highest milestone that at
       least ``min_pairs`` of the same trials reached, over every trial that reached both (anchors included). Its
       lower one-sided 95% bound (Fisher's z with the Fieller-Hartley-Pearson variance 1.06 / (n - 3)) must exceed
@@ -107,14 +109,17 @@ class GatedASHA(FIFOScheduler):
 
     def __init__(self, state_file: str | Path | None, *, time_attr: str = "kimg", metric: str | None = None,
                  mode: str | None = "min", max_t: float, grace_period: float, reduction_factor: float = 2.0,
-                 anchor_every: int = 3, threshold: float = 0.3, min_pairs: int = 4) -> None:
+                 anchor_every: int = 3, anchor_every_open: int | None = None, threshold: float = 0.3,
+                 min_pairs: int = 4) -> None:
         super().__init__()
-        if anchor_every < 1 or min_pairs < 4 or not -1.0 <= threshold < 1.0:
-            raise ValueError("anchor_every >= 1, min_pairs >= 4 and -1 <= threshold < 1")
+        anchor_every_open = anchor_every if anchor_every_open is None else anchor_every_open
+        if not 1 <= anchor_every <= anchor_every_open or min_pairs < 4 or not -1.0 <= threshold < 1.0:
+            raise ValueError("1 <= anchor_every <= anchor_every_open, min_pairs >= 4 and -1 <= threshold < 1")
         self.state_file = None if state_file is None else str(state_file)
         self._time_attr, self._metric, self._mode = time_attr, metric, mode
         self.max_t, self.rf = float(max_t), float(reduction_factor)
-        self.anchor_every, self.threshold, self.min_pairs = int(anchor_every), float(threshold), int(min_pairs)
+        self.anchor_every, self.anchor_every_open = int(anchor_every), int(anchor_every_open)
+        self.threshold, self.min_pairs = float(threshold), int(min_pairs)
         self.milestones, k = [], float(grace_period)
         while k < self.max_t - 1e-9:
             self.milestones.append(round(k, 6))
@@ -135,7 +140,7 @@ class GatedASHA(FIFOScheduler):
     # --- Tune's scheduler interface
     def on_trial_add(self, tune_controller, trial) -> None:
         if trial.trial_id not in self.order:
-            if len(self.order) % self.anchor_every == 0:
+            if self._next_is_anchor():
                 self.anchors.add(trial.trial_id)
             self.order.append(trial.trial_id)
             self._save()
@@ -180,6 +185,13 @@ class GatedASHA(FIFOScheduler):
             out[milestone] = {"rho": rho, "lower": lower, "pairs": pairs, "against": against,
                               "open": bool(math.isfinite(lower) and lower > self.threshold)}
         return out
+
+    def _next_is_anchor(self) -> bool:
+        last = max((i for i, t in enumerate(self.order) if t in self.anchors), default=None)
+        if last is None:
+            return True
+        all_open = all(gate["open"] for gate in self.gates().values())
+        return len(self.order) - last >= (self.anchor_every_open if all_open else self.anchor_every)
 
     def _record(self, trial_id: str, t: float, score: float) -> float | None:
         """Record the score at the highest milestone reached and not yet recorded; that milestone, or None."""
@@ -244,10 +256,17 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def lower_bound(rho: float, n: int, z: float = 1.6449) -> float:
-    """One-sided 95% lower bound of a Spearman correlation from n pairs (Fisher z, variance 1.06 / (n - 3))."""
+    """One-sided 95% lower bound of a Spearman correlation from n pairs (Fisher z, variance 1.06 / (n - 3)).
+
+    A perfect ranking has atanh(1) = inf, so it would give a bound of 1 at any n, and 4 pairs in order (1 chance in
+    24 when the rungs say nothing) would open a gate. rho is therefore held half-way between 1 and the next value
+    Spearman's rho can take with n pairs (one adjacent swap: 1 - 12 / (n (n^2 - 1))): 4 pairs then never open a gate
+    at the default threshold, 5 pairs in order (1 in 120 by chance) do.
+    """
     if n < 4 or not math.isfinite(rho):
         return math.nan
-    r = min(max(rho, -0.999999), 0.999999)
+    edge = 1.0 - 6.0 / (n * (n * n - 1))
+    r = min(max(rho, -edge), edge)
     return math.tanh(math.atanh(r) - z * math.sqrt(1.06 / (n - 3)))
 
 

@@ -169,6 +169,7 @@ class GateConfig:
 
     enabled: bool = True
     anchor_every: int = 3  # the first trial and every anchor_every-th after it run to max_kimg
+    anchor_every_open: int = 9  # the anchors' spacing while every rung's gate is open
     threshold: float = 0.3  # a rung stops trials once the lower 95% bound of its rank agreement exceeds this
     min_pairs: int = 4  # trials that reached both the rung and the fidelity it is compared with
 
@@ -176,13 +177,16 @@ class GateConfig:
         if self.anchor_every < 1:
             raise ConfigError(f"search.gate.anchor_every={self.anchor_every} must be >= 1 (1: every trial runs to "
                               "max_kimg)")
+        if self.anchor_every_open < self.anchor_every:
+            raise ConfigError(f"search.gate.anchor_every_open={self.anchor_every_open} must be >= anchor_every="
+                              f"{self.anchor_every} (anchors are never denser once the rungs are trusted)")
         if not -1.0 <= self.threshold < 1.0:
             raise ConfigError(f"search.gate.threshold={self.threshold} must be in [-1, 1) (a Spearman correlation)")
         if self.min_pairs < 4:
             raise ConfigError(f"search.gate.min_pairs={self.min_pairs} must be >= 4 (a bound needs 4 pairs)")
 
     def anchors(self, trials: int) -> int:
-        """How many of ``trials`` are anchors."""
+        """How many of ``trials`` are anchors at most (fewer once every gate opens: anchor_every_open)."""
         return -(-trials // self.anchor_every)
 
 

@@ -75,7 +75,8 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool,
         gate = space.search.gate
         scheduler = GatedASHA(layout.root / GATE_STATE_FILE, time_attr="kimg", max_t=space.max_kimg,
                               grace_period=asha.grace_kimg, reduction_factor=asha.reduction_factor,
-                              anchor_every=gate.anchor_every, threshold=gate.threshold, min_pairs=gate.min_pairs)
+                              anchor_every=gate.anchor_every, anchor_every_open=gate.anchor_every_open,
+                              threshold=gate.threshold, min_pairs=gate.min_pairs)
     else:
         scheduler = PersistentASHA(layout.root / ASHA_STATE_FILE, time_attr="kimg", max_t=space.max_kimg,
                                    grace_period=asha.grace_kimg, reduction_factor=asha.reduction_factor)
