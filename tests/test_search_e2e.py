@@ -434,6 +434,18 @@ def test_a_search_on_a_folder_of_images_is_centred_on_their_spectrum(ray_cluster
     parent = client.search_runs([client.get_experiment_by_name("folder").experiment_id],
                                 filter_string="tags.`spd_tune.role` = 'search'")[0]
     assert {"spectrum_fit.json", "spectrum.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # the fit's estimator, band and misfit line reach the parent run and the report; m's range covers every
+    # estimator's m and the paper's 2.0 (widen is on by default)
+    tags = parent.data.tags
+    assert tags["spd_tune.spectrum_estimator"] == "whittle" and tags["spd_tune.spectrum_m"] == f"{fit['fit']['m']:.4g}"
+    assert tags["spd_tune.spectrum_misfit"] == ("true" if fit["fit"]["misfit"] else "false")
+    assert tags["spd_tune.spectrum_misfit_reason"] == fit["fit"]["misfit_reason"]
+    low, high = fit["ranges"]["m"]
+    assert low <= min(2.0, *(e["m"] for e in fit["fit"]["estimators"].values())) and high >= 2.0
+    report = (root / "report.html").read_text()
+    assert "The data&#x27;s spectrum" in report or "The data's spectrum" in report
+    if fit["fit"]["misfit"]:
+        assert "a single power law fits this data poorly" in report
 
 
 def test_a_finished_search_becomes_a_curve_table(finished_search, tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from spd_tune.errors import ConfigError
+from spd_tune.search.fit import describe_fit
 from spd_tune.search.space import load_space
 from spd_tune.train.config import SPACES_DIR
 
@@ -183,10 +184,11 @@ def test_an_around_fit_space_is_centred_on_the_datas_spectrum_fit(tmp_path):
     from spd_tune.data.spectrum import fit_data
 
     sets = [f"train.data.cache_dir={tmp_path}", "train.data.demo_count=512",
-            "search.params.m={path: process.m, type: float, around: fit, width: 0.5}",
+            "search.params.m={path: process.m, type: float, around: fit, width: 0.5, widen: false}",
             "search.params.c1={path: process.c1, type: float, around: fit, width: 0.7, log: true}"]
     space = load_space("demo", sets)
-    expected = fit_data(load_images(space.train.data), c2=1.0, bootstrap=0)  # the demo's c2
+    expected = fit_data(load_images(space.train.data), c2=1.0, bootstrap=0)  # the demo's c2; whittle, low band
+    assert space.fit["fit"]["estimator"] == "whittle" and space.fit["fit"]["band"] == [0.0, 16 / 6]
     m, c1 = space.search.params["m"], space.search.params["c1"]
     assert (m.low + m.high) / 2 == pytest.approx(expected.m) and m.high - m.low == pytest.approx(1.0)
     assert math.sqrt(c1.low * c1.high) == pytest.approx(expected.c1)
@@ -194,6 +196,29 @@ def test_an_around_fit_space_is_centred_on_the_datas_spectrum_fit(tmp_path):
     assert space.default_point()["m"] == pytest.approx(expected.m)  # the first trial uses the fitted values
     assert space.train.process.c1 == pytest.approx(expected.c1)
     assert space.fit["ranges"]["m"] == [m.low, m.high] and space.fit["fit"]["ci"]["m"][0] < expected.m
+    assert space.fit["widened"] == {}
+
+
+def test_around_fit_names_its_estimator_and_band_and_widens_to_every_estimators_m(tmp_path):
+    from spd_tune.data import load_images
+    from spd_tune.data.spectrum import fit_data
+
+    common = [f"train.data.cache_dir={tmp_path}", "train.data.demo_count=512"]
+    space = load_space("demo", [*common, "search.params.m={path: process.m, type: float, around: fit, width: 0.1, "
+                                         "estimator: ls, band: [1, 5]}"])
+    expected = fit_data(load_images(space.train.data), c2=1.0, bootstrap=0, estimator="ls", band=(1.0, 5.0))
+    m = space.search.params["m"]
+    others = [e["m"] for e in expected.estimators.values()] + [2.0]
+    assert space.default_point()["m"] == pytest.approx(expected.m)
+    assert m.low == pytest.approx(min(expected.m - 0.1, *others)) and m.high == pytest.approx(max(expected.m + 0.1,
+                                                                                                  *others))
+    assert m.high - m.low > 0.2 and space.fit["widened"]["m"]["from"] == pytest.approx([expected.m - 0.1,
+                                                                                        expected.m + 0.1])
+    assert any("widened to every estimator's m" in line for line in describe_fit(space.fit))
+    with pytest.raises(ConfigError, match="different estimators or bands"):
+        load_space("demo", [*common, "search.params.m={path: process.m, type: float, around: fit, width: 0.5}",
+                            "search.params.c1={path: process.c1, type: float, around: fit, width: 0.5, log: true, "
+                            "band: mid}"])
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -203,6 +228,11 @@ def test_an_around_fit_space_is_centred_on_the_datas_spectrum_fit(tmp_path):
     ("{path: process.m, type: float, around: mean, width: 1}", "the only centre is 'fit'"),
     ("{path: process.steps, type: int, around: fit, width: 1}", "around: fit centres process.m or process.c1"),
     ("{path: process.m, type: float, around: fit, width: 1, low: 1, high: 3}", "either around: fit"),
+    ("{path: process.m, type: float, around: fit, width: 1, estimator: median}", "estimator='median' must be one of"),
+    ("{path: process.m, type: float, around: fit, width: 1, band: nyquist}", "band='nyquist' must be one of"),
+    ("{path: process.m, type: float, around: fit, width: 1, band: [5, 2]}", "with 0 <= lo < hi"),
+    ("{path: process.m, type: float, around: fit, width: 1, widen: maybe}", "widen='maybe' must be true or false"),
+    ("{path: process.m, type: float, low: 1, high: 3, band: low}", "belong to around: fit"),
 ])
 def test_a_bad_around_fit_is_refused_before_the_data_is_read(tmp_path, spec, message):
     # the data folder does not exist: these errors come before any image is read

@@ -77,13 +77,44 @@ def gaussian_field(
     return torch.fft.ifft2(gain * torch.fft.fft2(noise, norm="ortho"), norm="ortho").real
 
 
-def fit_spectrum(power: torch.Tensor, *, c2: float | None = None, include_dc: bool | None = None) -> SpectrumParams:
-    """Fit ln P = ln c1 - m ln(c2 + |f|) by least squares in log space.
+# Frequency bands as fractions of the Nyquist frequency n/2 (cycles per image): the low, middle and near-Nyquist
+# thirds. "all" also keeps the corner bins beyond n/2 on the diagonals.
+BANDS = {"all": (0.0, math.inf), "low": (0.0, 1.0 / 3.0), "mid": (1.0 / 3.0, 2.0 / 3.0), "high": (2.0 / 3.0, 1.0)}
+ESTIMATORS = ("ls", "whittle")
 
-    With ``c2`` given, (c1, m) follow in closed form from the non-DC bins. Without it all three are
-    fitted, DC included: c2 is only identifiable through the DC bin, and the three-parameter fit is
-    ill-posed when c2 is much smaller than 1 (docs/method.md, "Spectrum fit"), so prefer a fixed c2 for real photos.
+
+def band_limits(band: str | tuple[float, float] | None, n: int) -> tuple[float, float]:
+    """(lo, hi] in cycles per image for a named band (BANDS) at image size n, or an explicit (lo, hi)."""
+    if band is None:
+        band = "all"
+    if isinstance(band, str):
+        if band not in BANDS:
+            raise ValueError(f"unknown band {band!r}; known: {', '.join(BANDS)}, or (lo, hi) in cycles per image")
+        lo, hi = BANDS[band]
+        return lo * n / 2.0, hi * n / 2.0 if math.isfinite(hi) else math.inf
+    lo, hi = (float(v) for v in band)
+    if not (math.isfinite(lo) and lo >= 0 and hi > lo):
+        raise ValueError(f"band ({lo}, {hi}) must satisfy 0 <= lo < hi (cycles per image)")
+    return lo, hi
+
+
+def fit_spectrum(power: torch.Tensor, *, c2: float | None = None, include_dc: bool | None = None,
+                 band: str | tuple[float, float] | None = None, estimator: str = "ls") -> SpectrumParams:
+    """Fit D(f) = c1 / (c2 + |f|)^m to a mean power spectrum [n, n] over the bins with lo < |f| <= hi.
+
+    Estimators:
+    - ``ls``: least squares of ln P = ln c1 - m ln(c2 + |f|) in log space;
+    - ``whittle``: the Gaussian (Whittle) likelihood of the stationary model SPD assumes (Sigma_0 = F D F*):
+      each bin's periodogram is D(f) times an exponential variable, so the negative log-likelihood is
+      sum ln D + P / D. c1 is profiled out in closed form (c1 = mean of P (c2 + |f|)^m), m minimises a convex
+      function of one variable.
+    Both give every 2-D bin the same weight; the band decides which bins (docs/method.md, "Spectrum fit").
+    With ``c2`` given, c1 and m are fitted on the non-DC bins. Without it all three are fitted, DC included: c2 is
+    only identifiable through the DC bin, and the three-parameter fit is ill-posed when c2 is much smaller than 1
+    (docs/method.md), so prefer a fixed c2 for real photos.
     """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
     if power.ndim != 2 or power.shape[0] != power.shape[1]:
         raise ValueError(f"expected a square [n, n] power spectrum, got shape {tuple(power.shape)}")
     power = power.to(torch.float64)
@@ -92,11 +123,49 @@ def fit_spectrum(power: torch.Tensor, *, c2: float | None = None, include_dc: bo
     r = freq_radius(power.shape[0])
     if include_dc is None:
         include_dc = c2 is None
-    keep = torch.ones_like(r, dtype=torch.bool) if include_dc else r > 0
+    lo, hi = band_limits(band, power.shape[0])
+    keep = (r > lo) & (r <= hi)
+    if include_dc:
+        keep = keep | (r == 0)
+    else:
+        keep = keep & (r > 0)
     log_p, r = torch.log(power[keep]), r[keep]
+    if estimator == "whittle":
+        return _whittle(log_p, r, c2)
     if c2 is not None:
         return _fit_fixed_c2(log_p, r, c2)
     return _fit_all_three(log_p, r)
+
+
+def _log_mean_exp(x: torch.Tensor) -> torch.Tensor:
+    top = x.max()
+    return top + torch.log(torch.exp(x - top).mean())
+
+
+def _whittle_profile(log_p: torch.Tensor, log_r: torch.Tensor, m: float) -> tuple[float, float]:
+    """(negative log-likelihood per bin with c1 profiled out, ln c1) at m, for x = ln(c2 + |f|)."""
+    log_c1 = _log_mean_exp(log_p + m * log_r)
+    return float(log_c1 - m * log_r.mean()), float(log_c1)
+
+
+def _whittle(log_p: torch.Tensor, r: torch.Tensor, c2: float | None) -> SpectrumParams:
+    from scipy.optimize import minimize, minimize_scalar
+
+    if c2 is not None:
+        log_r = torch.log(c2 + r)
+        if float(log_r.max() - log_r.min()) <= 0:
+            raise ValueError("need at least two distinct frequency radii to fit the spectrum")
+        best = minimize_scalar(lambda m: _whittle_profile(log_p, log_r, m)[0], bounds=(0.0, 16.0), method="bounded",
+                               options={"xatol": 1e-7})
+        m = float(best.x)
+        return SpectrumParams(c1=math.exp(_whittle_profile(log_p, log_r, m)[1]), c2=c2, m=m)
+    start = _fit_all_three(log_p, r)
+    best = minimize(lambda p: _whittle_profile(log_p, torch.log(math.exp(p[0]) + r), p[1])[0],
+                    x0=[math.log(start.c2), start.m], method="L-BFGS-B",
+                    bounds=[(math.log(1e-6), math.log(1e3)), (0.05, 16.0)])
+    log_c2, m = (float(v) for v in best.x)
+    log_c1 = _whittle_profile(log_p, torch.log(math.exp(log_c2) + r), m)[1]
+    return SpectrumParams(c1=math.exp(log_c1), c2=math.exp(log_c2), m=m)
 
 
 def _fit_fixed_c2(log_p: torch.Tensor, r: torch.Tensor, c2: float) -> SpectrumParams:

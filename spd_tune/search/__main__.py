@@ -30,7 +30,7 @@ from ..train.config import resolve_on_driver
 from ..train.evaluation import resolved_metric_name
 from .console import RAY_LOG, ray_output_to
 from .costs import cost_lines, cost_summary, cost_table, cost_unit, trial_costs
-from .fit import describe_fit, write_fit_plot
+from .fit import describe_fit, spectrum_tags, write_fit_plot
 from .front import with_posthoc
 from .interrupt import Interrupts, SearchInterrupted, duration
 from .plan import Layout, concurrency, finished_search, mark_finished, search_exists
@@ -229,10 +229,11 @@ def conclude(space: Space, layout: Layout, results, argv: list[str] | None = Non
     fit_files = [layout.root / n for n in ("spectrum_fit.json", "spectrum.png") if (layout.root / n).is_file()]
     report = write_report(layout.root / "report.html", space, results, best, lines=lines, costs=costs, spent=spent,
                           trust=trust, plain=plain_finals(finalists), optuna_url=layout.optuna_url, argv=argv,
-                          front_png=front_png, gate=read_gates(layout.root / GATE_STATE_FILE))
+                          front_png=front_png, gate=read_gates(layout.root / GATE_STATE_FILE), spectrum=space.fit)
     print(f"report: {report}")
     finish_search(layout.tracking_uri, space.train.name, "\n".join([summary, "", *lines]),
-                  {**best, "trust": trust, "cost": spent}, layout.optuna_url, front, metrics, [report, *fit_files])
+                  {**best, "trust": trust, "cost": spent}, layout.optuna_url, front, metrics, [report, *fit_files],
+                  tags=spectrum_tags(space.fit) if space.fit else None)
     check()
     with interrupts.critical() if interrupts is not None else contextlib.nullcontext():
         model = register_champion(space, layout, best)
@@ -280,8 +281,9 @@ def describe(space: Space, layout: Layout, max_concurrent: int | None = None) ->
         anchors = gate.anchors(space.search.trials)
         lines.append(f"  gate: a rung stops trials only once the lower 95% bound of its rank agreement with the highest "
                      f"kimg reached exceeds {gate.threshold:g} (at least {gate.min_pairs} pairs); anchors: the first "
-                     f"trial and one in every {gate.anchor_every} after it, {anchors} of {space.search.trials} trials, run to "
-                     f"{space.max_kimg:g} kimg whatever the rungs say (at least {anchors} full trainings)")
+                     f"trial and one in every {gate.anchor_every} after it (one in every {gate.anchor_every_open} once "
+                     f"every rung is trusted), up to {anchors} of {space.search.trials} trials, run to "
+                     f"{space.max_kimg:g} kimg whatever the rungs say")
     ph, final = space.search.posthoc, space.search.final
     if ph.enabled:
         samples, seed = posthoc_protocol(space)

@@ -111,7 +111,9 @@ def search_costs(space: Space) -> tuple[list[StageCost], dict]:
     if gate.enabled and not space.search.multi_objective.enabled:
         anchors = gate.anchors(space.search.trials)
         full = rows[0].flops + rung.flops * rungs
-        rows.append(StageCost(f"the gate's {anchors} anchors (to {space.max_kimg:g} kimg whatever the rungs say)", anchors * (rows[0].evaluations + rung.evaluations * rungs), anchors * full))
+        rows.append(StageCost(f"the gate's anchors, at most {anchors} (to {space.max_kimg:g} kimg whatever the "
+                              "rungs say)",
+                              anchors * (rows[0].evaluations + rung.evaluations * rungs), anchors * full))
     rows.append(whole_search(space, rows, rung))
     figures = {"unet_forward_flops": forward, "unet_train_flops": train, "inception_flops": inception,
                "steps": steps, "lowest_steps": lowest_steps(space)}

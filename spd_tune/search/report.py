@@ -24,7 +24,7 @@ from .trust import rung_table
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #ddd}
-pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}.pair{display:flex;gap:1em}
+pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}.pair{display:flex;gap:1em}.warn{color:#a33}
 .pair figure{margin:0;flex:1}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
 
 
@@ -175,6 +175,24 @@ def reproduce(space: Space, info: dict, argv: list[str] | None) -> str:
     return html.escape("\n".join(lines))
 
 
+def spectrum_section(record: dict) -> str:
+    """The training data's spectrum fit that centred the search: every estimator and band, the ranges, and the
+    misfit line when a single power law fits the data poorly."""
+    from .fit import describe_fit
+
+    fit = record["fit"]
+    rows = ["<h2>The data's spectrum</h2><ul>"]
+    rows += [f"<li>{html.escape(line.strip())}</li>" for line in describe_fit(record)]
+    rows += ["</ul><table><tr><th class=l>estimator and band</th><th>m</th><th>95% interval</th></tr>"]
+    for name, e in fit.get("estimators", {}).items():
+        ci = f"[{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" if e.get("ci") else ""
+        rows.append(f"<tr><td class=l>{html.escape(name)}</td><td>{e['m']:.3f}</td><td>{ci}</td></tr>")
+    rows.append("</table>")
+    if fit.get("misfit"):
+        rows.append(f"<p class=warn>{html.escape(fit['misfit_reason'])}</p>")
+    return "".join(rows)
+
+
 def gate_section(gate: dict) -> str:
     """The stopping gate as the search ended: per rung, whether it could stop trials and on what measurement; the
     anchors; the trials the gate let through and those it stopped."""
@@ -201,7 +219,7 @@ def gate_section(gate: dict) -> str:
 
 def write_report(path: Path, space: Space, results, info: dict, *, lines: list[str], costs: dict[str, dict],
                  spent: dict, trust: dict, plain: dict[str, float], optuna_url: str, argv: list[str] | None,
-                 front_png: Path | None = None, gate: dict | None = None) -> Path:
+                 front_png: Path | None = None, gate: dict | None = None, spectrum: dict | None = None) -> Path:
     """Render the report of a finished search to ``path`` and return it."""
     final_name = final_metric_name(space.metric)
     baseline = next((f for f in (info.get("finalists") or []) if f.get("baseline")), None)
@@ -212,6 +230,8 @@ def write_report(path: Path, space: Space, results, info: dict, *, lines: list[s
              "<h2>Result</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>",
              "<h2>Trials</h2>", trial_table(space, results, info, costs, spent["unit"]),
              "<h2>Metric curves</h2>", curves_figure(space, results)]
+    if spectrum:
+        parts.append(spectrum_section(spectrum))
     if gate:
         parts.append(gate_section(gate))
     if plain:

@@ -37,11 +37,16 @@ class ParamSpec:
     choices: tuple = ()
     around: str | None = None  # "fit": centred on the training data's spectrum fit (search/fit.py)
     width: float | None = None  # with around: the half-width (in ln units when log)
+    estimator: str | None = None  # with around: fit: the fit's estimator (default whittle; core/spectrum.ESTIMATORS)
+    band: Any = None  # with around: fit: low | mid | high | all, or [lo, hi] in cycles per image (default low)
+    widen: bool = True  # with around: fit on m: widen fit ± width to every estimator's m and the paper's 2.0
 
     def validate(self, name: str) -> None:
         where = f"search.params.{name}"
         if self.type not in PARAM_TYPES:
             raise ConfigError(f"{where}.type={self.type!r} must be one of {list(PARAM_TYPES)}")
+        if self.around is None and (self.estimator is not None or self.band is not None or self.widen is not True):
+            raise ConfigError(f"{where}: estimator, band and widen belong to around: fit")
         if self.around is not None or self.width is not None:
             self.validate_around(where)
             if self.low is None:  # not resolved yet: the range comes from the fit
@@ -72,6 +77,20 @@ class ParamSpec:
                 or self.width <= 0:
             raise ConfigError(f"{where}.width={self.width!r} must be a positive number (the range is fit ± width"
                               f"{', in ln units' if self.log else ''})")
+        from ..core.spectrum import BANDS, ESTIMATORS
+
+        if self.estimator is not None and self.estimator not in ESTIMATORS:
+            raise ConfigError(f"{where}.estimator={self.estimator!r} must be one of {list(ESTIMATORS)}")
+        band = self.band
+        named = isinstance(band, str) and band in BANDS
+        pair = isinstance(band, (list, tuple)) and len(band) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in band) \
+            and 0 <= band[0] < band[1]
+        if band is not None and not (named or pair):
+            raise ConfigError(f"{where}.band={band!r} must be one of {list(BANDS)} or [lo, hi] with 0 <= lo < hi "
+                              "(cycles per image)")
+        if not isinstance(self.widen, bool):
+            raise ConfigError(f"{where}.widen={self.widen!r} must be true or false")
 
     def contains(self, value: Any) -> bool:
         if self.type == "categorical":

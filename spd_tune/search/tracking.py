@@ -219,9 +219,9 @@ def gate_line(rung: str, gate: dict, threshold: float) -> str:
 
 def finish_search(tracking_uri: str, experiment: str, summary: str, champion: dict | None, optuna_url: str,
                   front: list | None = None, metrics: dict[str, float] | None = None,
-                  files: list[Path] = ()) -> None:
-    """The parent run gets the study summary, the champion, the search's own metrics (rung trust, costs) and
-    Optuna's plots (matplotlib PNGs); ``end_search_run`` ends it."""
+                  files: list[Path] = (), tags: dict[str, str] | None = None) -> None:
+    """The parent run gets the study summary, the champion, the search's own metrics (rung trust, costs), its
+    ``tags`` (the spectrum fit's) and Optuna's plots (matplotlib PNGs); ``end_search_run`` ends it."""
     try:
         client = client_for(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
@@ -229,6 +229,8 @@ def finish_search(tracking_uri: str, experiment: str, summary: str, champion: di
         if not runs:
             return
         parent = runs[0].info.run_id
+        for key, value in (tags or {}).items():
+            client.set_tag(parent, key, value)
         if metrics:
             from mlflow.entities import Metric
 
