@@ -21,7 +21,7 @@ import torch
 
 from .cli import Parser, run_main
 from .core.checkpoint import load_checkpoint
-from .core.samplers import SamplerConfig, sample
+from .core.samplers import SAMPLERS, SamplerConfig, sample, uses_eta
 from .data import to_uint8
 
 
@@ -55,11 +55,11 @@ def saved_sampling(path: str | Path) -> dict:
 def resolve_sampler(saved: dict, sampler: str | None, steps: int | None, eta: float | None) -> SamplerConfig:
     """Each field from its flag when given, else from the checkpoint's saved sampling, else the default
     (ancestral at all T steps); eta applies to DDIM only."""
-    kind = sampler or saved.get("sampler") or "ancestral"
+    kind = sampler or saved.get("sampler") or SamplerConfig().kind
     steps = steps if steps is not None else saved.get("steps")
     if eta is None:
         eta = saved.get("eta", 0.0) if kind == saved.get("sampler") else 0.0
-    return SamplerConfig(kind, steps=steps, eta=float(eta) if kind == "ddim" else 0.0)
+    return SamplerConfig.of(kind, steps=steps, eta=eta)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps K (default: the checkpoint's saved sampling, else all T)")
-    p.add_argument("--sampler", choices=["ancestral", "ddim"], default=None,
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="default: the checkpoint's saved sampling, else ancestral")
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM noise, 0: deterministic (default: the checkpoint's saved sampling, else 0)")
@@ -86,7 +86,7 @@ def _write_samples(args) -> int:
     if args.n < 1 or args.batch_size < 1:
         raise ValueError("--n and --batch-size must be positive")
     sampler = resolve_sampler(saved_sampling(args.checkpoint), args.sampler, args.steps, args.eta)
-    if args.eta and sampler.kind != "ddim":
+    if args.eta and not uses_eta(sampler.kind):
         raise ValueError("--eta applies to the DDIM sampler only (add --sampler ddim)")
     images, seeds = sample_checkpoint(args.checkpoint, args.n, sampler=sampler, first_seed=args.seed,
                                       batch_size=args.batch_size, device=args.device,
@@ -96,7 +96,7 @@ def _write_samples(args) -> int:
             "eta": sampler.eta, "ema": not args.no_ema}
     np.savez(args.out, images=images, seeds=seeds, meta=json.dumps(meta))
     print(f"wrote {len(images)} images to {args.out} ({sampler.kind}, "
-          f"{sampler.steps or 'all T'} steps{f', eta {sampler.eta:g}' if sampler.kind == 'ddim' else ''})")
+          f"{sampler.steps or 'all T'} steps{f', eta {sampler.eta:g}' if uses_eta(sampler.kind) else ''})")
     return 0
 
 

@@ -1,3 +1,43 @@
 """Public import path kept for user code and README examples: the code lives in ``spd_tune.core.schedule``."""
 
-from .core.schedule import *  # noqa: F401,F403
+from .core.schedule import (
+    MAX_BETA,
+    MAX_M,
+    MAX_STEPS,
+    DDPMSchedule,
+    DiffusionSchedule,
+    ProcessConfig,
+    ScheduleTables,
+    SPDSchedule,
+    betas_from_alpha_bar,
+    check_steps,
+    combine_filtered,
+    compute_dtype,
+    ddpm_betas,
+    fourier_filter,
+    geodesic_fraction,
+    spd_alpha_bar,
+    tau_grid,
+    time_grid,
+)
+
+__all__ = [
+    "MAX_BETA",
+    "MAX_M",
+    "MAX_STEPS",
+    "DDPMSchedule",
+    "DiffusionSchedule",
+    "ProcessConfig",
+    "SPDSchedule",
+    "ScheduleTables",
+    "betas_from_alpha_bar",
+    "check_steps",
+    "combine_filtered",
+    "compute_dtype",
+    "ddpm_betas",
+    "fourier_filter",
+    "geodesic_fraction",
+    "spd_alpha_bar",
+    "tau_grid",
+    "time_grid",
+]

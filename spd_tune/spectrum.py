@@ -11,13 +11,31 @@ likelihood over the low third of the frequencies (|f| <= n/6 cycles per image); 
 is reported beside it, and a line says when a single power law fits the data poorly (docs/method.md).
 """
 
-from .core.spectrum import *  # noqa: F401,F403
+from .core.spectrum import (
+    BANDS,
+    ESTIMATORS,
+    SpectrumParams,
+    band_limits,
+    check_spectrum_params,
+    fit_spectrum,
+    freq_radius,
+    gaussian_field,
+    log_spectrum_model,
+    power_spectrum,
+    spectrum_model,
+)
+
+__all__ = [
+    "BANDS", "ESTIMATORS", "SpectrumParams", "band_limits", "check_spectrum_params", "fit_spectrum", "freq_radius",
+    "gaussian_field", "log_spectrum_model", "main", "power_spectrum", "spectrum_model",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
     import json
     import sys
 
+    # the command's imports stay here: ``import spd_tune.spectrum`` is the light public path to core.spectrum
     from .cli import Parser, run_main
     from .core.spectrum import ESTIMATORS
     from .data.spectrum import (
@@ -50,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def run() -> int:
-        from .errors import ConfigError
+        from .errors import ConfigError  # as above: kept off the public import path
 
         if args.count is not None and args.count < 2:
             raise ConfigError(f"--count={args.count} must be at least 2")

@@ -1,7 +1,9 @@
 """The rule of the house (docs/architecture.md), read from every import in the package, module-level and inside
 functions alike: no import cycles; core/, data/ and fid/ free of Ray, MLflow and Optuna; cluster/ free of torch;
 ray.train only in train/session and train/driver; Ray Tune and Optuna only in search/ and replay/ (and ui.py),
-MLflow only in search/ (and ui.py); no module over 450 lines. A synthetic package shows that each rule catches what it names."""
+MLflow only in search/ (and ui.py); no module over 450 lines; no function-level import of the package's own
+modules without a comment saying why; the public import paths name what they export (``__all__``). A synthetic
+package shows that each rule catches what it names."""
 
 from __future__ import annotations
 
@@ -71,6 +73,34 @@ def _third_party(name: str, top: str) -> bool:
     return name == top or name.startswith(top + ".")
 
 
+def _commented(lines: list[str], index: int) -> bool:
+    """A comment on the import's line, or on the line above it or above the group of imports it belongs to."""
+    j = index
+    while j >= 0:
+        if "#" in lines[j]:
+            return True
+        if j < index and not lines[j].strip().startswith(("from ", "import ")):
+            return False
+        j -= 1
+    return False
+
+
+def uncommented_function_imports(path: Path, module: str, package: str) -> list[str]:
+    """Imports of the package's own modules inside functions with no comment saying why (a heavy or optional
+    dependency kept off a path, a cycle)."""
+    text = path.read_text()
+    lines, found = text.splitlines(), []
+    for fn in ast.walk(ast.parse(text)):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            own = isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith(package))
+            if own and not _commented(lines, node.lineno - 1):
+                found.append(f"{module}:{node.lineno}: a function-level import of the package without a comment "
+                             "on its line or the line above saying why")
+    return found
+
+
 def violations(root: Path, package: str) -> list[str]:
     imports, files = package_graph(root, package)
     found = []
@@ -91,6 +121,7 @@ def violations(root: Path, package: str) -> list[str]:
                 found.append(f"{module} imports {name}: Ray Tune and Optuna belong to search/ and replay/ (and ui)")
             if _third_party(name, "mlflow") and layer not in ("search", "ui"):
                 found.append(f"{module} imports {name}: MLflow belongs to search/ (and ui)")
+        found += uncommented_function_imports(files[module], module, package)
         lines = len(files[module].read_text().splitlines())
         if lines > MAX_LINES:
             found.append(f"{module} has {lines} lines (at most {MAX_LINES})")
@@ -133,6 +164,8 @@ def _write(root: Path, files: dict[str, str]) -> Path:
     ({"replay/m.py": "import mlflow\n"}, "pkg.replay.m imports mlflow: MLflow belongs to search/"),
     ({"train/m.py": "import optuna\n"}, "pkg.train.m imports optuna: Ray Tune and Optuna belong to search/ and replay/"),
     ({"core/big.py": "x = 1\n" * (MAX_LINES + 1)}, f"pkg.core.big has {MAX_LINES + 1} lines"),
+    ({"a.py": "def f():\n    from . import b\n", "b.py": ""}, "pkg.a:2: a function-level import of the package"),
+    ({"a.py": "def f():\n    # why\n    x = 1\n    from .b import y\n", "b.py": "y = 1\n"}, "pkg.a:4: a function"),
 ])
 def test_each_rule_catches_what_it_names(tmp_path, files, expected):
     package = _write(tmp_path, files)
@@ -149,8 +182,24 @@ def test_allowed_imports_pass_in_a_synthetic_tree(tmp_path):
         "replay/simulate.py": "import optuna\nfrom ray.tune.schedulers import FIFOScheduler\n",
         "cluster/connect.py": "import ray\n",
         "core/m.py": "import torch\n",
+        "core/lazy.py": "def f():\n    # heavy: kept off the dry run\n    from . import m\n    from .m import torch\n"
+                        "    from pkg.core import m as n  # an optional dependency\n",
     })
     assert violations(package, "pkg") == []
+
+
+def test_the_public_import_paths_name_what_they_export():
+    import importlib
+
+    for shim, core in (("schedule", "schedule"), ("sampling", "samplers"), ("unet", "unet"),
+                       ("spectrum", "spectrum"), ("checkpoint", "checkpoint")):
+        module = importlib.import_module(f"spd_tune.{shim}")
+        exported = set(module.__all__)
+        source = importlib.import_module(f"spd_tune.core.{core}")
+        public = {n for n, v in vars(source).items() if not n.startswith("_") and (
+            getattr(v, "__module__", None) == source.__name__ or n.isupper())}
+        assert public <= exported | {"F"}, (shim, sorted(public - exported))
+        assert all(hasattr(module, n) for n in exported)
 
 
 def test_dry_run_and_bad_input_do_not_import_the_frameworks(tmp_path):

@@ -56,7 +56,8 @@ def test_non_finite_scores_are_kept_as_missing(tmp_path):
 
 # --- GatedASHA -------------------------------------------------------------------------------------------------
 
-from spd_tune.search.schedulers import GatedASHA, lower_bound  # noqa: E402
+from spd_tune.search.correlation import lower_bound  # noqa: E402
+from spd_tune.search.schedulers import GatedASHA  # noqa: E402
 
 
 def _gated(path=None, **kw):

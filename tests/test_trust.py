@@ -9,7 +9,8 @@ from scipy import stats
 from spd_tune.errors import ConfigError
 from spd_tune.search.results import seed_set_result, versus
 from spd_tune.search.space import load_space, seed_ranges
-from spd_tune.search.trust import ranks, spearman, trust_warnings
+from spd_tune.search.correlation import spearman
+from spd_tune.search.trust import trust_warnings
 
 
 @pytest.mark.parametrize("n, ties", [(2, False), (5, False), (9, True), (30, True)])
@@ -20,8 +21,7 @@ def test_spearman_matches_scipy(n, ties):
     assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
 
 
-def test_ranks_share_ties_and_undefined_correlations_are_nan():
-    assert ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+def test_undefined_correlations_are_nan():
     assert math.isnan(spearman([1.0], [2.0])) and math.isnan(spearman([1.0, 1.0], [1.0, 2.0]))
 
 

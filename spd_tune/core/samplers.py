@@ -7,29 +7,44 @@ so a sample does not depend on the batch size, on how images are split across wo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, get_args
 
 import torch
 
 from .noise import ImageNoise
 from .schedule import Denoiser, DiffusionSchedule, combine_filtered, compute_dtype
 
+# The samplers by name: the one place they are spelled. Configs, the post-hoc study and the CLIs take these names.
+SamplerKind = Literal["ancestral", "ddim"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerKind)
+
+
+def uses_eta(kind: str) -> bool:
+    """Whether the sampler takes DDIM's eta (the others ignore it and keep it at 0)."""
+    return kind == "ddim"
+
 
 @dataclass(frozen=True)
 class SamplerConfig:
     """``steps`` = K network evaluations (None: all T); ``eta`` only for DDIM (0 = deterministic)."""
 
-    kind: Literal["ancestral", "ddim"] = "ancestral"
+    kind: SamplerKind = "ancestral"
     steps: int | None = None
     eta: float = 0.0
 
+    @classmethod
+    def of(cls, kind: str, steps: int | None = None, eta: float = 0.0) -> SamplerConfig:
+        """A sampler with ``eta`` kept only where it applies."""
+        return cls(kind, steps=steps, eta=float(eta) if uses_eta(kind) else 0.0)
+
     def __post_init__(self) -> None:
-        if self.kind not in ("ancestral", "ddim"):
-            raise ValueError(f"sampler kind={self.kind!r} must be 'ancestral' or 'ddim'")
+        if self.kind not in SAMPLERS:
+            raise ValueError(f"sampler kind={self.kind!r} must be one of {', '.join(map(repr, SAMPLERS))}")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"sampler eta={self.eta!r} must be in [0, 1]")
-        if self.kind == "ancestral" and self.eta != 0.0:
+        if not uses_eta(self.kind) and self.eta != 0.0:
             raise ValueError("eta applies to the DDIM sampler only")
 
 
@@ -52,7 +67,7 @@ def sample(
     tab = sched.tables(device, dtype)
     noise = ImageNoise(seeds, shape, device, dtype)
     x = noise.draw()
-    sigma_ddim = _ddim_sigma(tab, config.eta) if config.kind == "ddim" else None
+    sigma_ddim = _ddim_sigma(tab, config.eta) if uses_eta(config.kind) else None
     for n in range(sched.steps - 1, -1, -1):
         eps = model(x, tab.model_time[n].expand(len(seeds))).to(compute_dtype(x))
         z = noise.draw() if n > 0 and (config.kind == "ancestral" or config.eta > 0) else None

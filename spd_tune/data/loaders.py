@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .dead_leaves import cached_dead_leaves
+from .gaussian_fields import check_field_params, gaussian_fields
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 DATASETS = ("cifar10", "imagenet64", "folder", "demo", "gaussian")
@@ -48,8 +50,6 @@ class DataConfig:
         if self.limit is not None and self.limit < 1:
             raise DataError(f"limit={self.limit} must be a positive number of images")
         if self.name == "gaussian":
-            from .gaussian_fields import check_field_params
-
             problem = check_field_params(self.field_m, self.field_c2, self.field_std)
             if problem:
                 raise DataError(f"gaussian data: {problem}")
@@ -64,14 +64,10 @@ def load_images(cfg: DataConfig) -> np.ndarray:
     elif cfg.name == "folder":
         images = load_image_folder(cfg.root, cfg.image_size)
     elif cfg.name == "gaussian":
-        from .gaussian_fields import gaussian_fields
-
         count = min(cfg.demo_count, cfg.limit or cfg.demo_count)
         images = gaussian_fields(count, cfg.image_size, m=cfg.field_m, c2=cfg.field_c2, std=cfg.field_std,
                                  seed=cfg.seed)
     else:
-        from .dead_leaves import cached_dead_leaves
-
         count = min(cfg.demo_count, cfg.limit or cfg.demo_count)
         images = cached_dead_leaves(count, cfg.image_size, seed=cfg.seed, cache_dir=cfg.cache_dir)
     return images[: cfg.limit] if cfg.limit else images

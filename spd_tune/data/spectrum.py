@@ -17,7 +17,7 @@ import torch
 
 from ..core.spectrum import BANDS, ESTIMATORS, band_limits, fit_spectrum, freq_radius, log_spectrum_model
 from ..errors import DataError
-from .loaders import DATASETS, DataConfig, load_images, to_model_range
+from .loaders import DATASETS, IMAGE_SUFFIXES, DataConfig, load_images, to_model_range
 
 PAPER = {"c1": 1.59, "c2": 0.0086, "m": 2.0}  # the paper's CIFAR-10 model (Das, Fotiadis et al. 2023)
 
@@ -128,8 +128,6 @@ def folder_image_size(root: Path) -> int:
     """The size of a folder's images when they are all the same square size (read from their headers); else a
     one-line error asking for --image-size."""
     from PIL import Image
-
-    from .loaders import IMAGE_SUFFIXES
 
     files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _record(args, command: str) -> int:
+    # each subcommand imports what it runs: record needs the training loop, compare Ray's schedulers and Optuna
     from ..errors import ConfigError
     from ..search.space import load_space
     from .record import default_grid, parse_grid, record
@@ -71,7 +72,7 @@ def _record(args, command: str) -> int:
 
 
 def _table(args, command: str) -> int:
-    from .convert import table_of_search
+    from .convert import table_of_search  # a finished search's Tune results (Ray Tune): only this subcommand reads them
 
     table = table_of_search(Path(args.search_dir), Path(args.out), command)
     print(json.dumps(table.summary()))
@@ -79,7 +80,7 @@ def _table(args, command: str) -> int:
 
 
 def _compare(args) -> int:
-    from .measure import compare, print_comparison
+    from .measure import compare, print_comparison  # Ray's schedulers and Optuna: only this subcommand runs them
 
     result = compare(args.table, policies=args.policies, seeds=args.seeds, orders=args.orders,
                      workers=args.workers, searcher=args.searcher, protocol=args.protocol, jobs=args.jobs,

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .policies import POLICIES
+from ..errors import ConfigError
+from .policies import BUILDERS, POLICIES
 from .simulate import Outcome, Replay
 from .table import load_table
 
@@ -83,9 +84,6 @@ def summarise(by_seed: list[list[dict]]) -> dict:
 def compare(table_path: str, policies: list[str] | None = None, seeds: int = 30, orders: int = 10,
             workers: int = 2, searcher: str = "tpe", protocol: str = "rung", jobs: int = 2,
             plot: str | None = None) -> dict:
-    from ..errors import ConfigError
-    from .policies import BUILDERS
-
     table = load_table(table_path)
     names = list(policies or POLICIES)
     unknown = [n for n in names if n not in BUILDERS]

@@ -20,10 +20,17 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..core.checkpoint import load_checkpoint
+from ..core.unet import UNet
+from ..errors import ConfigError
 from ..search.space import Space
 from ..train.config import TrainConfig
-from .table import Table, config_key, machine, new_table, save_table
+from ..train.evaluation import Evaluator
+from ..train.loop import run_worker
+from ..train.session import CHECKPOINT_FILE, LocalSession
+from .table import Table, config_key, load_table, machine, new_table, save_table
 
 RECORD_EVERY_KIMG = 2.0  # besides the rungs, a point at least this often
 GRID_POINTS = 12  # per searched parameter, by default
@@ -72,8 +79,6 @@ def default_grid(space: Space, points: int = GRID_POINTS) -> list[dict]:
 
 def parse_grid(space: Space, items: list[str]) -> list[dict]:
     """``--grid m=1.2,1.5,2`` (one item per parameter; the others keep the default grid)."""
-    from ..errors import ConfigError
-
     axes = {}
     for item in items:
         name, _, values = item.partition("=")
@@ -107,11 +112,6 @@ def run_config(space: Space, params: dict, seed: int, work: Path) -> TrainConfig
 
 
 def _score(cfg: TrainConfig, weights: dict, eval_cfg) -> float:
-    import torch
-
-    from ..core.unet import UNet
-    from ..train.evaluation import Evaluator
-
     model = UNet(cfg.unet)
     model.load_state_dict(weights)
     model.eval()
@@ -130,8 +130,6 @@ class TimedSession:
     """A LocalSession that also notes the wall time of every report (a segment's cost: training and evaluation)."""
 
     def __init__(self, run_dir: Path):
-        from ..train.session import LocalSession
-
         self.inner = LocalSession(run_dir, quiet=True)
         self.last = time.perf_counter()
         self.seconds: list[float] = []
@@ -149,12 +147,6 @@ class TimedSession:
 def record_run(space: Space, params: dict, seed: int, work: str) -> dict:
     """Train one (configuration, seed) to max_kimg and score it: {params, seed, points, final}. Runs in a worker
     process; resumes from the run's own checkpoints."""
-    import torch
-
-    from ..core.checkpoint import load_checkpoint
-    from ..train.loop import run_worker
-    from ..train.session import CHECKPOINT_FILE
-
     torch.set_num_threads(1)
     cfg = run_config(space, params, seed, Path(work))
     run_dir = Path(cfg.output) / cfg.name
@@ -220,12 +212,8 @@ def record(space: Space, grid: list[dict], seeds: int, out: Path, jobs: int, com
     work.mkdir(parents=True, exist_ok=True)
     table = new_table(space, command, record_points(space), [p.__dict__ for p in candidate_protocols(space.train)])
     if out.is_file():
-        from .table import load_table
-
         kept = load_table(out)
         if kept.data.get("search") != table.data["search"]:
-            from ..errors import ConfigError
-
             raise ConfigError(f"{out} was recorded for another search section; pass another --out")
         table = kept
     todo = [(params, seed) for params in grid for seed in range(seeds) if not table.has_run(params, seed)]

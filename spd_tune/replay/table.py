@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..fsutil import atomic_path
+from ..search.correlation import spearman
 
 FORMAT = "spd-tune-curves/1"
 MAX_BYTES = 2_000_000
@@ -138,15 +139,13 @@ class Table:
     def rank_agreement(self, protocol: str = "rung") -> dict:
         """Spearman's rho of each evaluation point's scores against the final scores, over every configuration
         of the table (what a live search, which sees only survivors, cannot measure): {kimg: {rho, n}}."""
-        from scipy.stats import spearmanr
-
         finals = {s["key"]: s["mean"] for s in self.final_stats()}
         out = {}
         for kimg, scores in self.rung_means(protocol).items():
             keys = [k for k in scores if k in finals]
             if len(keys) >= 3:
-                rho = spearmanr([scores[k] for k in keys], [finals[k] for k in keys]).statistic
-                out[_fmt(kimg)] = {"rho": float(rho), "n": len(keys)}
+                rho = spearman([scores[k] for k in keys], [finals[k] for k in keys])
+                out[_fmt(kimg)] = {"rho": rho, "n": len(keys)}
         return out
 
     def protocols(self) -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import ray
 
 from ..core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..core.samplers import uses_eta
 from ..posthoc import RunFiles, averaged_weights
 from ..train.averaging import SNAPSHOT_DIR
 from ..train.config import TrainConfig
@@ -210,7 +211,7 @@ def _final(scored: dict) -> dict:
 
 def describe_choice(row: dict) -> str:
     s, e = row["sampling"], row["ema"]
-    text = f"{s['sampler']} {s['steps']} steps" + (f" eta {s['eta']:.2f}" if s["sampler"] == "ddim" else "")
+    text = f"{s['sampler']} {s['steps']} steps" + (f" eta {s['eta']:.2f}" if uses_eta(s["sampler"]) else "")
     return text + (f", sigma_rel {e['sigma_rel']:.3f}" if e["kind"] == "power" else f", ema rate {e['rate']:g}")
 
 

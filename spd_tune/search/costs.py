@@ -13,11 +13,12 @@ from functools import lru_cache
 
 import torch
 
+from ..core.flops import PEAK_BF16, count_flops, unet_flops_per_image
 from ..core.unet import UNet, UNetConfig
 from .space import Space, lowest_steps, steps_range
 
 # Dense bf16 peak of an H100/H200 (data sheet) at an assumed 30% model FLOPs utilisation.
-ASSUMED_PEAK, ASSUMED_MFU = 989e12, 0.30
+ASSUMED_PEAK, ASSUMED_MFU = PEAK_BF16["H200"], 0.30
 ASSUMED_FLOPS = ASSUMED_PEAK * ASSUMED_MFU
 ASSUMPTION = "989 TFLOP/s dense bf16 at 30% MFU (assumed, not measured)"
 
@@ -36,31 +37,20 @@ class StageCost:
 @lru_cache(maxsize=8)
 def _unet_flops(unet: UNetConfig) -> tuple[float, float]:
     """(forward, forward + backward) FLOPs of one image."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.device("meta"):
         net = UNet(unet)
-        x, t = torch.zeros(1, unet.in_channels, unet.image_size, unet.image_size), torch.zeros(1)
-        with FlopCounterMode(display=False) as forward:
-            out = net(x, t)
-        with FlopCounterMode(display=False) as both:
-            net(x, t).float().square().mean().backward()
-    del out
-    return float(forward.get_total_flops()), float(both.get_total_flops())
+        return (unet_flops_per_image(net, unet.image_size, unet.in_channels, train=False),
+                unet_flops_per_image(net, unet.image_size, unet.in_channels, train=True))
 
 
 @lru_cache(maxsize=1)
 def inception_flops() -> float:
     """Forward FLOPs of one image through pytorch-fid's Inception at 299 px (random weights cost the same)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ..fid.inception import fid_inception_skeleton
+    from ..fid.inception import fid_inception_skeleton  # torchvision's Inception: only when a space scores by FID
 
     with torch.device("meta"):
         net = fid_inception_skeleton().eval()
-        with FlopCounterMode(display=False) as counter:
-            net(torch.zeros(1, 3, 299, 299))
-    return float(counter.get_total_flops())
+        return count_flops(lambda: net(torch.zeros(1, 3, 299, 299)))
 
 
 def search_costs(space: Space) -> tuple[list[StageCost], dict]:

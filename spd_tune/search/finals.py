@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import ray
 
 from ..cluster import remove_folder
-from ..core.samplers import SamplerConfig
+from ..core.samplers import SamplerConfig, uses_eta
 from ..posthoc import PosthocPoint, RunFiles, ema_of, evaluate_point, sampling_of
 from ..train.averaging import SNAPSHOT_DIR
 from ..train.config import TrainConfig
@@ -114,7 +114,7 @@ def drop_snapshots(run_paths: dict[str, str], finalists: list[Finalist]) -> list
 
 def describe_point(point: dict) -> str:
     text = f"{point['sampler']} K={point['steps']}"
-    if point["sampler"] == "ddim":
+    if uses_eta(point["sampler"]):
         text += f" eta={point['eta']:.2f}"
     if point.get("sigma_rel") is not None:
         text += f" sigma_rel={point['sigma_rel']:.3f}"
@@ -133,9 +133,7 @@ def best_posthoc_point(rows: list[dict], nfe_budget: int | None) -> PosthocPoint
 
 def plain_point(space: Space) -> PosthocPoint:
     """The final protocol's own sampler with the trial's rung EMA: what the champion would be without the stage."""
-    f, ev = space.search.final, space.train.eval
-    kind = f.sampler or ev.sampler
-    return PosthocPoint(SamplerConfig(kind, steps=f.sampler_steps, eta=f.eta if kind == "ddim" else 0.0))
+    return PosthocPoint(space.search.final.sampler_config(space.train.eval.sampler))
 
 
 def final_scores(space: Space, optuna_url: str, finalist: Finalist, points: dict[str, PosthocPoint]) -> dict:

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import optuna
 
-from ..core.samplers import SamplerConfig
+from ..core.samplers import SamplerConfig, uses_eta
 from ..posthoc import PosthocPoint
 from .space import PosthocConfig
 
@@ -36,7 +36,7 @@ def suggest(trial: optuna.Trial, ph: PosthocConfig, steps: int, power: bool) -> 
     kind = trial.suggest_categorical("sampler", list(ph.samplers))
     k = trial.suggest_int("steps", *_k_range(ph, steps), log=True)
     eta = 0.0
-    if kind == "ddim":
+    if uses_eta(kind):
         eta = trial.suggest_float("eta", *ph.eta) if ph.eta[1] > ph.eta[0] else ph.eta[0]
     sigma_rel = trial.suggest_float("sigma_rel", *ph.sigma_rel, log=True) if ph.sigma_rel and power else None
     return PosthocPoint(SamplerConfig(kind, steps=k, eta=eta), sigma_rel=sigma_rel)
@@ -45,8 +45,8 @@ def suggest(trial: optuna.Trial, ph: PosthocConfig, steps: int, power: bool) -> 
 def point_of(params: dict, ph: PosthocConfig) -> PosthocPoint:
     """The point of a trial already asked (its stored params), e.g. one a killed driver never told."""
     kind = params["sampler"]
-    eta = params.get("eta", ph.eta[0]) if kind == "ddim" else 0.0
-    return PosthocPoint(SamplerConfig(kind, steps=int(params["steps"]), eta=eta), sigma_rel=params.get("sigma_rel"))
+    return PosthocPoint(SamplerConfig.of(kind, steps=int(params["steps"]), eta=params.get("eta", ph.eta[0])),
+                        sigma_rel=params.get("sigma_rel"))
 
 
 def open_study(storage, study_name: str, seed: int) -> optuna.Study:

@@ -17,7 +17,9 @@ import shlex
 import time
 from pathlib import Path
 
-from .results import final_metric_name
+from ..train.config import stopped_early
+from .fit import describe_fit
+from .results import diverged, final_metric_name
 from .space import Space
 from .trust import rung_table
 
@@ -87,9 +89,6 @@ def trial_table(space: Space, results, info: dict, costs: dict[str, dict], unit:
 
 
 def result_state(space: Space, result) -> str:
-    from ..train.config import stopped_early
-    from .results import diverged
-
     kimg = (result.metrics or {}).get("kimg", 0)
     if result.error:
         return "error"
@@ -178,8 +177,6 @@ def reproduce(space: Space, info: dict, argv: list[str] | None) -> str:
 def spectrum_section(record: dict) -> str:
     """The training data's spectrum fit that centred the search: every estimator and band, the ranges, and the
     misfit line when a single power law fits the data poorly."""
-    from .fit import describe_fit
-
     fit = record["fit"]
     rows = ["<h2>The data's spectrum</h2><ul>"]
     rows += [f"<li>{html.escape(line.strip())}</li>" for line in describe_fit(record)]

@@ -4,8 +4,10 @@ the names and predicates every other piece uses (a trial's Train run, its final 
 from __future__ import annotations
 
 import math
+import statistics
 
 from ..train.config import stopped_early
+from .front import nondominated
 from .space import Space
 
 TRIAL_RUN_PREFIX = "train-"
@@ -27,9 +29,8 @@ def seed_set_result(values: list[float]) -> dict:
     values = [float(v) for v in values]
     if not values or not all(math.isfinite(v) for v in values):
         return {"mean": math.nan, "std": math.nan, "values": values}
-    mean = math.fsum(values) / len(values)
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return {"mean": mean, "std": std, "values": values}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
 
 
 def versus(champion: dict, other: dict) -> dict:
@@ -90,10 +91,7 @@ def pareto_front(space: Space, results) -> list[dict]:
         if isinstance(m.get(space.metric), (int, float)) and math.isfinite(m[space.metric]) and "nfe" in m:
             points.append({"trial_id": m["trial_id"], space.metric: m[space.metric], "nfe": int(m["nfe"]),
                            "params": {k: result.config[k] for k in space.search.params}})
-    front = [p for p in points if not any(
-        q[space.metric] <= p[space.metric] and q["nfe"] <= p["nfe"] and
-        (q[space.metric] < p[space.metric] or q["nfe"] < p["nfe"]) for q in points)]
-    return sorted(front, key=lambda p: p["nfe"])
+    return nondominated(points, space.metric)
 
 
 def ranked_trials(space: Space, results) -> list[tuple[float, object]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from ..fsutil import atomic_path
+from .correlation import lower_bound, spearman
 
 STATE_VERSION = 1
 GATE_STATE_FILE = "gate_state.json"  # beside the Optuna study: GatedASHA's rungs, anchors, stops and gates
@@ -244,30 +245,6 @@ class GatedASHA(FIFOScheduler):
         for milestone, saved in state["scores"]:
             self.scores.setdefault(float(milestone), {}).update(
                 {t: math.inf if v is None else float(v) for t, v in saved.items()})
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rho (ties averaged); NaN when either side is constant."""
-    from scipy.stats import spearmanr  # here: scipy is imported only once a gate is measured
-
-    if len(set(a)) < 2 or len(set(b)) < 2:
-        return math.nan
-    return float(spearmanr(a, b).statistic)
-
-
-def lower_bound(rho: float, n: int, z: float = 1.6449) -> float:
-    """One-sided 95% lower bound of a Spearman correlation from n pairs (Fisher z, variance 1.06 / (n - 3)).
-
-    A perfect ranking has atanh(1) = inf, so it would give a bound of 1 at any n, and 4 pairs in order (1 chance in
-    24 when the rungs say nothing) would open a gate. rho is therefore held half-way between 1 and the next value
-    Spearman's rho can take with n pairs (one adjacent swap: 1 - 12 / (n (n^2 - 1))): 4 pairs then never open a gate
-    at the default threshold, 5 pairs in order (1 in 120 by chance) do.
-    """
-    if n < 4 or not math.isfinite(rho):
-        return math.nan
-    edge = 1.0 - 6.0 / (n * (n * n - 1))
-    r = min(max(rho, -edge), edge)
-    return math.tanh(math.atanh(r) - z * math.sqrt(1.06 / (n - 3)))
 
 
 def read_gates(state_file: str | Path) -> dict | None:

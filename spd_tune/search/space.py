@@ -19,10 +19,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.samplers import SAMPLERS, SamplerConfig
+from ..core.spectrum import BANDS, ESTIMATORS
 from ..errors import ConfigError
 from ..train.config import SamplerKind, TrainConfig, absolute_paths, resolve_config_path
 from ..train.evaluation import expected_metric_name
 from ..typed import apply_overrides, check_known_keys, from_dict, read_document
+from .fit import FIT_PATHS
 
 PARAM_TYPES = ("float", "int", "categorical")
 
@@ -65,8 +68,6 @@ class ParamSpec:
             raise ConfigError(f"{where}: an int range needs integer bounds, got [{self.low}, {self.high}]")
 
     def validate_around(self, where: str) -> None:
-        from .fit import FIT_PATHS
-
         if self.around != "fit":
             raise ConfigError(f"{where}.around={self.around!r}: the only centre is 'fit' (the data's spectrum fit)")
         if self.path not in FIT_PATHS:
@@ -77,8 +78,6 @@ class ParamSpec:
                 or self.width <= 0:
             raise ConfigError(f"{where}.width={self.width!r} must be a positive number (the range is fit ± width"
                               f"{', in ln units' if self.log else ''})")
-        from ..core.spectrum import BANDS, ESTIMATORS
-
         if self.estimator is not None and self.estimator not in ESTIMATORS:
             raise ConfigError(f"{where}.estimator={self.estimator!r} must be one of {list(ESTIMATORS)}")
         band = self.band
@@ -142,6 +141,11 @@ class FinalConfig:
         if self.seeds < 1:
             raise ConfigError(f"search.final.seeds={self.seeds} must be >= 1 (sets of samples scored per finalist)")
 
+    def sampler_config(self, rung_sampler: str) -> SamplerConfig:
+        """The final protocol's sampler: its own kind (default the rung protocol's ``rung_sampler``), K (None:
+        all T) and eta where it applies."""
+        return SamplerConfig.of(self.sampler or rung_sampler, steps=self.sampler_steps, eta=self.eta)
+
     def seed_sets(self) -> list[int]:
         """The first seed of each set: disjoint ranges of ``samples`` seeds."""
         return [self.seed + s * self.samples for s in range(self.seeds)]
@@ -155,7 +159,7 @@ class PosthocConfig:
     enabled: bool = False
     evaluations: int = 8  # per finalist
     batch: int = 4  # asked and told together, in trial order: the same seeds give the same post-hoc trials
-    samplers: tuple[SamplerKind, ...] = ("ancestral", "ddim")
+    samplers: tuple[SamplerKind, ...] = SAMPLERS
     k_min: int = 10  # K in [k_min, min(T, k_max)], log scale
     k_max: int | None = None
     eta: tuple[float, float] = (0.0, 1.0)  # DDIM's eta range
@@ -168,8 +172,8 @@ class PosthocConfig:
             raise ConfigError(f"search.posthoc needs evaluations >= 1 and batch >= 1 (got {self.evaluations}, "
                               f"{self.batch})")
         if not self.samplers or len(set(self.samplers)) != len(self.samplers):
-            raise ConfigError(f"search.posthoc.samplers={list(self.samplers)} must name 'ancestral' and/or 'ddim' "
-                              "once each")
+            raise ConfigError(f"search.posthoc.samplers={list(self.samplers)} must name "
+                              f"{' and/or '.join(map(repr, SAMPLERS))} once each")
         if self.k_min < 1 or (self.k_max is not None and self.k_max < self.k_min):
             raise ConfigError(f"search.posthoc needs 1 <= k_min <= k_max (got {self.k_min}, {self.k_max})")
         lo, hi = self.eta

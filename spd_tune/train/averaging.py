@@ -16,6 +16,7 @@ import torch
 
 from ..core.checkpoint import Checkpoint
 from ..core.ema import PowerEMA, Snapshot
+from ..core.unet import UNet
 from .config import TrainConfig
 
 SNAPSHOT_DIR = "ema"
@@ -49,8 +50,6 @@ def snapshot_plan(cfg: TrainConfig) -> str | None:
     """One line for --dry-run: the profiles, and the snapshots' count and size for a full-length run."""
     if cfg.ema.kind != "power":
         return None
-    from ..core.unet import UNet
-
     with torch.device("meta"):  # sizes only: no memory, no initialisation
         state = UNet(cfg.unet).state_dict()
     per_file = sum(v.numel() * v.element_size() for v in state.values())

@@ -15,17 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..core.samplers import SamplerConfig
+from ..core.samplers import SamplerConfig, SamplerKind
 from ..core.schedule import ProcessConfig
-from ..core.unet import UNetConfig, preset_config
-from ..data import DataConfig
+from ..core.unet import PRESETS, UNetConfig, preset_config
+from ..data import DataConfig, default_data_root
 from ..errors import ConfigError
-from ..fid import FeatureSpec
+from ..fid import FeatureSpec, default_cache_dir, resolve_fid_weights
 from ..typed import apply_overrides, check_known_keys, from_dict, read_document
 
 SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
 MAX_BATCH = 65536
-SamplerKind = Literal["ancestral", "ddim"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +33,6 @@ class ModelConfig:
     overrides: dict = field(default_factory=dict)  # any UNetConfig field
 
     def __post_init__(self) -> None:
-        from ..core.unet import PRESETS
-
         if self.preset not in PRESETS:
             raise ConfigError(f"model.preset={self.preset!r} is not one of {sorted(PRESETS)}")
 
@@ -150,7 +147,7 @@ class ResourcesConfig:
                                   "CPU/GPU/memory and an amount > 0")
 
     def per_worker(self) -> dict[str, float]:
-        from ..cluster import worker_resources
+        from ..cluster import worker_resources  # spd_tune.cluster imports ray: kept off config loading and --dry-run
 
         return worker_resources(self.cpus_per_worker, self.gpus_per_worker, self.custom)
 
@@ -311,8 +308,6 @@ def resolve_on_driver(cfg: TrainConfig) -> TrainConfig:
     """What the environment decides (SPD_TUNE_DATA, SPD_TUNE_CACHE, SPD_TUNE_FID_WEIGHTS, the torch hub cache),
     decided once, on the driver, and written into the config: workers on other machines never read it again.
     Finding the FID weights may download them; absent or wrong weights fail here."""
-    from ..data import default_data_root
-    from ..fid import default_cache_dir, resolve_fid_weights
 
     data, ev = cfg.data, cfg.eval
     if data.name == "cifar10" and data.root is None:
