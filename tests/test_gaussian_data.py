@@ -11,7 +11,7 @@ from spd_tune.core.samplers import SamplerConfig, sample
 from spd_tune.core.schedule import SPDSchedule, fourier_filter
 from spd_tune.data import load_images, to_uint8
 from spd_tune.data.gaussian_fields import field_c1, true_log_power
-from spd_tune.data.loaders import DataConfig
+from spd_tune.data import DataConfig
 from spd_tune.data.spectrum import fit_data
 from spd_tune.errors import DataError
 from spd_tune.fid import frechet_distance
@@ -106,3 +106,11 @@ def test_with_an_exact_denoiser_the_true_m_samples_closer_than_a_far_off_m():
         stats.add(to_uint8(x))
         scores[m] = gauss_fd(stats, truth)
     assert scores[m_true] < 0.7 * scores[1.0], scores
+
+
+def test_the_gaussian_set_is_scored_by_its_own_metric_named_in_the_registry():
+    from spd_tune.data import REGISTRY
+    from spd_tune.fid.spectral import METRIC
+
+    assert REGISTRY["gaussian"].metric == METRIC == "gauss_fd"
+    assert [name for name, d in REGISTRY.items() if d.metric] == ["gaussian"]

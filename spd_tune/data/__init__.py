@@ -3,20 +3,17 @@ batches each worker draws."""
 
 from ..errors import DataError
 from .loaders import (
-                      DATASETS,
-                      IMAGE_SUFFIXES,
-                      DataConfig,
-                      ShardedBatches,
-                      check_available,
-                      default_data_root,
-                      load_cifar10,
-                      load_image_folder,
-                      load_imagenet64,
-                      load_images,
-                      to_model_range,
-                      to_uint8,
+    IMAGE_SUFFIXES,
+    ShardedBatches,
+    default_data_root,
+    load_cifar10,
+    load_image_folder,
+    load_imagenet64,
+    to_model_range,
+    to_uint8,
 )
+from .registry import DATASETS, GAUSS_FD, REGISTRY, DataConfig, DataSet, check_available, dataset, load_images
 
-__all__ = ["DATASETS", "IMAGE_SUFFIXES", "DataConfig", "DataError", "ShardedBatches", "check_available",
-           "default_data_root", "load_cifar10", "load_image_folder", "load_images", "load_imagenet64",
-           "to_model_range", "to_uint8"]
+__all__ = ["DATASETS", "GAUSS_FD", "IMAGE_SUFFIXES", "REGISTRY", "DataConfig", "DataError", "DataSet",
+           "ShardedBatches", "check_available", "dataset", "default_data_root", "load_cifar10", "load_image_folder",
+           "load_images", "load_imagenet64", "to_model_range", "to_uint8"]

@@ -9,70 +9,14 @@ names the layout expected.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import DataError
-from .dead_leaves import cached_dead_leaves
-from .gaussian_fields import check_field_params, gaussian_fields
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-DATASETS = ("cifar10", "imagenet64", "folder", "demo", "gaussian")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which images to train on. ``root`` is the data folder (absolute once resolved)."""
-
-    name: str = "demo"
-    root: str | None = None
-    image_size: int = 32
-    split: str = "train"  # cifar10: train | test; imagenet64: train | val
-    limit: int | None = None  # first N images only
-    download: bool = True  # cifar10 only: fetch it into the data root when it is not there
-    demo_count: int = 4096  # demo and gaussian: how many images are generated
-    seed: int = 0
-    cache_dir: str | None = None  # where generated demo images are kept
-    field_m: float = 2.6  # gaussian: the fields' spectrum D(f) = c1 / (c2 + |f|)^m, c1 set by field_std
-    field_c2: float = 1.0
-    field_std: float = 0.3
-
-    def __post_init__(self) -> None:
-        if self.name not in DATASETS:
-            raise DataError(f"data set {self.name!r} is not one of {list(DATASETS)}")
-        if self.name in ("imagenet64", "folder") and not self.root:
-            raise DataError(f"data set {self.name!r} needs a data folder (--data-dir)")
-        if self.name == "cifar10" and self.image_size != 32:
-            raise DataError(f"cifar10 images are 32x32, got image_size={self.image_size}")
-        if self.limit is not None and self.limit < 1:
-            raise DataError(f"limit={self.limit} must be a positive number of images")
-        if self.name == "gaussian":
-            problem = check_field_params(self.field_m, self.field_c2, self.field_std)
-            if problem:
-                raise DataError(f"gaussian data: {problem}")
-
-
-def load_images(cfg: DataConfig) -> np.ndarray:
-    """The data set as uint8 [N, H, W, 3]."""
-    if cfg.name == "cifar10":
-        images = load_cifar10(cfg.root or default_data_root(), train=cfg.split == "train", download=cfg.download)
-    elif cfg.name == "imagenet64":
-        images = load_imagenet64(cfg.root, split=cfg.split, image_size=cfg.image_size)
-    elif cfg.name == "folder":
-        images = load_image_folder(cfg.root, cfg.image_size)
-    elif cfg.name == "gaussian":
-        count = min(cfg.demo_count, cfg.limit or cfg.demo_count)
-        images = gaussian_fields(count, cfg.image_size, m=cfg.field_m, c2=cfg.field_c2, std=cfg.field_std,
-                                 seed=cfg.seed)
-    else:
-        count = min(cfg.demo_count, cfg.limit or cfg.demo_count)
-        images = cached_dead_leaves(count, cfg.image_size, seed=cfg.seed, cache_dir=cfg.cache_dir)
-    return images[: cfg.limit] if cfg.limit else images
-
-
 def default_data_root() -> Path:
     """Where downloadable data sets go when no --data-dir is given: $SPD_TUNE_DATA or ~/.cache/spd_tune/data."""
     return Path(os.environ.get("SPD_TUNE_DATA") or Path.home() / ".cache" / "spd_tune" / "data")
@@ -263,30 +207,37 @@ class ShardedBatches:
         return x
 
 
-def check_available(cfg: DataConfig) -> None:
-    """Fail fast, before any worker starts, when the data cannot be had (downloading CIFAR-10 if allowed) or is
-    visibly broken: CIFAR-10 files with the wrong checksum, a folder without a single image or npz batch."""
-    if cfg.name == "cifar10":
-        from torchvision.datasets import CIFAR10
-        from torchvision.datasets.utils import check_integrity
+def cifar10_available(root: str | Path | None, split: str, download: bool) -> None:
+    """CIFAR-10 is there (downloading it if allowed) and its files pass torchvision's md5 checks."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
 
-        root = Path(cfg.root or default_data_root()).expanduser().resolve()
-        if not (root / CIFAR10.base_folder).is_dir():
-            if not cfg.download:
-                raise DataError(f"CIFAR-10 not found: expected {CIFAR10_LAYOUT.format(root=root)}")
-            _download_cifar10(root)
-        files = CIFAR10.train_list if cfg.split == "train" else CIFAR10.test_list
-        for name, md5 in [*files, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]:
-            if not check_integrity(str(root / CIFAR10.base_folder / name), md5):
-                raise DataError(f"CIFAR-10 file {root / CIFAR10.base_folder / name} is missing or corrupted (md5 "
-                                f"mismatch); delete {root / CIFAR10.base_folder} to download it again")
-    elif cfg.name in ("imagenet64", "folder"):
-        root = Path(cfg.root).expanduser()
-        layout = IMAGENET64_LAYOUT.format(root=root) if cfg.name == "imagenet64" else "a folder of images"
-        if not root.is_dir():
-            raise DataError(f"data folder not found: {root}; expected {layout}")
-        pattern = ("train_data_batch_*.npz" if cfg.split == "train" else "val_data*.npz") \
-            if cfg.name == "imagenet64" else None
-        has_batches = pattern is not None and any(root.glob(pattern))
-        if not has_batches and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.rglob("*")):
-            raise DataError(f"no images in {root}; expected {layout}")
+    root = Path(root or default_data_root()).expanduser().resolve()
+    if not (root / CIFAR10.base_folder).is_dir():
+        if not download:
+            raise DataError(f"CIFAR-10 not found: expected {CIFAR10_LAYOUT.format(root=root)}")
+        _download_cifar10(root)
+    files = CIFAR10.train_list if split == "train" else CIFAR10.test_list
+    for name, md5 in [*files, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]:
+        if not check_integrity(str(root / CIFAR10.base_folder / name), md5):
+            raise DataError(f"CIFAR-10 file {root / CIFAR10.base_folder / name} is missing or corrupted (md5 "
+                            f"mismatch); delete {root / CIFAR10.base_folder} to download it again")
+
+
+def imagenet64_available(root: str | Path, split: str) -> None:
+    """The folder holds downsampled ImageNet's npz batches of the split, or at least one image."""
+    pattern = "train_data_batch_*.npz" if split == "train" else "val_data*.npz"
+    _folder_available(Path(root).expanduser(), IMAGENET64_LAYOUT.format(root=Path(root).expanduser()), pattern)
+
+
+def image_folder_available(root: str | Path) -> None:
+    """The folder holds at least one image."""
+    _folder_available(Path(root).expanduser(), "a folder of images", None)
+
+
+def _folder_available(root: Path, layout: str, pattern: str | None) -> None:
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}; expected {layout}")
+    has_batches = pattern is not None and any(root.glob(pattern))
+    if not has_batches and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.rglob("*")):
+        raise DataError(f"no images in {root}; expected {layout}")

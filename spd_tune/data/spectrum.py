@@ -17,7 +17,8 @@ import torch
 
 from ..core.spectrum import BANDS, ESTIMATORS, band_limits, fit_spectrum, freq_radius, log_spectrum_model
 from ..errors import DataError
-from .loaders import DATASETS, IMAGE_SUFFIXES, DataConfig, load_images, to_model_range
+from .loaders import IMAGE_SUFFIXES, to_model_range
+from .registry import REGISTRY, DataConfig, load_images
 
 PAPER = {"c1": 1.59, "c2": 0.0086, "m": 2.0}  # the paper's CIFAR-10 model (Das, Fotiadis et al. 2023)
 
@@ -98,8 +99,9 @@ def resolve_images(data: str, *, image_size: int | None = None, count: int | Non
                    cache_dir: str | None = None) -> np.ndarray:
     """DATA as the training loaders read it: a data set name, a folder of images, or an npz file."""
     path = Path(data).expanduser()
-    if data in DATASETS and data != "folder" and not path.exists():
-        size = image_size or (16 if data == "demo" else 64 if data == "imagenet64" else 32)
+    named = [name for name, spec in REGISTRY.items() if spec.size is not None]  # a folder is a path, not a name
+    if data in named and not path.exists():
+        size = image_size or REGISTRY[data].size
         root = None
         cfg = DataConfig(name=data, root=root, image_size=size, limit=count, cache_dir=cache_dir,
                          demo_count=count or DataConfig.demo_count)
@@ -113,7 +115,7 @@ def resolve_images(data: str, *, image_size: int | None = None, count: int | Non
     elif path.exists():
         raise DataError(f"{path} is neither a folder of images nor an npz file")
     else:
-        raise DataError(f"{data} is not a data set ({', '.join(d for d in DATASETS if d != 'folder')}), "
+        raise DataError(f"{data} is not a data set ({', '.join(named)}), "
                         f"and no such file or folder exists")
     if images.shape[1] != images.shape[2]:
         raise DataError(f"the images are {images.shape[1]}x{images.shape[2]}: the spectrum model needs square images")

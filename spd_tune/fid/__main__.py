@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..cli import Parser, run_main
-from ..data import DATASETS, DataConfig, load_images
+from ..data import DATASETS, REGISTRY, DataConfig, load_images
 from ..errors import DataError
 from .inception import FeatureSpec, InceptionFeatures
 from .reference import reference_stats, score
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _reference(args, dataset: str, image_size: int | None):
-    size = args.image_size or image_size or {"imagenet64": 64}.get(dataset, 32)
+    size = args.image_size or image_size or REGISTRY[dataset].size or 32
     data = DataConfig(dataset, root=args.data_dir, image_size=size, split=args.split, limit=args.n, seed=args.seed,
                       download=not args.no_data_download)
     spec = FeatureSpec(dims=args.dims, weights="random" if args.proxy else "pytorch-fid",

@@ -15,6 +15,7 @@ import torch
 
 from ..core.flops import PEAK_BF16, count_flops, unet_flops_per_image
 from ..core.unet import UNet, UNetConfig
+from ..data import dataset
 from .space import Space, lowest_steps, steps_range
 
 # Dense bf16 peak of an H100/H200 (data sheet) at an assumed 30% model FLOPs utilisation.
@@ -57,7 +58,7 @@ def search_costs(space: Space) -> tuple[list[StageCost], dict]:
     """The stages' costs for the space's first trial (its T), and the figures they come from."""
     cfg, ph, f = space.train, space.search.posthoc, space.search.final
     forward, train = _unet_flops(cfg.unet)
-    inception = 0.0 if cfg.data.name == "gaussian" else inception_flops()  # gauss_fd needs no network
+    inception = 0.0 if dataset(cfg.data.name).metric else inception_flops()  # its own metric needs no network
     steps = cfg.process.steps
 
     def sampling(samples: int, k: int | None, label: str) -> StageCost:

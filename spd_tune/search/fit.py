@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from ..data.loaders import DataConfig, load_images
+from ..data import DataConfig, load_images
 from ..data.spectrum import DEFAULT_BAND, DEFAULT_ESTIMATOR, PAPER, SpectrumFit, fit_data, plot_fit
 from ..errors import ConfigError
 from ..train.config import TrainConfig

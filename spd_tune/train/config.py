@@ -18,7 +18,7 @@ from typing import Any, Literal
 from ..core.samplers import SamplerConfig, SamplerKind
 from ..core.schedule import ProcessConfig
 from ..core.unet import PRESETS, UNetConfig, preset_config
-from ..data import DataConfig, default_data_root
+from ..data import DataConfig, dataset
 from ..errors import ConfigError
 from ..fid import FeatureSpec, default_cache_dir, resolve_fid_weights
 from ..typed import apply_overrides, check_known_keys, from_dict, read_document
@@ -310,11 +310,12 @@ def resolve_on_driver(cfg: TrainConfig) -> TrainConfig:
     Finding the FID weights may download them; absent or wrong weights fail here."""
 
     data, ev = cfg.data, cfg.eval
-    if data.name == "cifar10" and data.root is None:
-        data = dataclasses.replace(data, root=str(default_data_root().expanduser().resolve()))
+    spec = dataset(data.name)
+    if spec.default_root is not None and data.root is None:
+        data = dataclasses.replace(data, root=str(spec.default_root().expanduser().resolve()))
     stats = ev.stats_cache_dir or (f"{data.cache_dir}/fid_stats" if data.cache_dir else str(default_cache_dir()))
     features = ev.features
-    if features.weights == "pytorch-fid" and features.weights_path is None and data.name != "gaussian":
+    if features.weights == "pytorch-fid" and features.weights_path is None and spec.metric is None:
         weights = resolve_fid_weights(None, download=features.download)
         features = dataclasses.replace(features, weights_path=str(weights.path))
     return dataclasses.replace(cfg, data=data, eval=dataclasses.replace(ev, features=features, stats_cache_dir=stats))

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from ..core.samplers import sample
 from ..core.schedule import DiffusionSchedule
-from ..data import load_images, to_uint8
+from ..data import dataset, load_images, to_uint8
 from ..data.gaussian_fields import true_log_power
 from ..fid import InceptionFeatures, RunningStats, metric_name, reference_stats, resolve_fid_weights, score
 from ..fid.spectral import METRIC as GAUSS_FD
@@ -28,10 +28,12 @@ SAMPLE_BATCH = 256
 
 
 def expected_metric_name(cfg: TrainConfig) -> str:
-    """The metric's name from the config alone (no file is read): what the space promises to optimise. On the
-    gaussian data set it is the exact gauss_fd (fid/spectral.py), whatever the features say."""
-    if cfg.data.name == "gaussian":
-        return GAUSS_FD
+    """The metric's name from the config alone (no file is read): what the space promises to optimise. A data set
+    with a metric of its own (the gaussian set's exact gauss_fd, fid/spectral.py) is scored by it, whatever the
+    features say."""
+    own = dataset(cfg.data.name).metric
+    if own:
+        return own
     f = cfg.eval.features
     return metric_name(f.dims, f.weights == "pytorch-fid")
 
@@ -40,7 +42,7 @@ def resolved_metric_name(cfg: TrainConfig) -> str:
     """The metric's name after finding and checking the FID weights (downloading them if allowed): absent or
     wrong weights fail here, on the driver, before any worker starts."""
     f = cfg.eval.features
-    if f.weights == "random" or cfg.data.name == "gaussian":
+    if f.weights == "random" or dataset(cfg.data.name).metric:
         return expected_metric_name(cfg)
     return metric_name(f.dims, resolve_fid_weights(f.weights_path).is_fid)
 
@@ -59,7 +61,7 @@ class Evaluator:
         self.sampler = cfg.eval.sampler_config()
         self.reference: RunningStats | None = None
         self.true_log_power = None
-        if cfg.data.name == "gaussian":  # the true Gaussian is known: no network, no reference set
+        if dataset(cfg.data.name).metric == GAUSS_FD:  # the true Gaussian is known: no network, no reference set
             d = cfg.data
             self.features, self.metric = None, GAUSS_FD
             self.true_log_power = true_log_power(d.image_size, d.field_m, d.field_c2, d.field_std)
