@@ -2,7 +2,8 @@
 functions alike: no import cycles; core/, data/ and fid/ free of Ray, MLflow and Optuna; cluster/ free of torch;
 ray.train only in train/session and train/driver; Ray Tune and Optuna only in search/ and replay/ (and ui.py),
 MLflow only in search/ (and ui.py); no module over 450 lines; no function-level import of the package's own
-modules without a comment saying why; the public import paths name what they export (``__all__``). A synthetic
+modules without a comment saying why; Tune's result objects read only by search/trials.py and the tuner; the public
+import paths name what they export (``__all__``). A synthetic
 package shows that each rule catches what it names."""
 
 from __future__ import annotations
@@ -101,6 +102,23 @@ def uncommented_function_imports(path: Path, module: str, package: str) -> list[
     return found
 
 
+TUNE_RESULT_READERS = ("search.trials", "search.tuner")  # after the tuner, every stage reads trial records
+TUNE_RESULT_NAMES = ("metrics_dataframe", "ResultGrid", "ExperimentAnalysis")
+
+
+def tune_result_reads(path: Path, module: str) -> list[str]:
+    """Reads of Tune's result objects (a ResultGrid, its results' dataframes, an ExperimentAnalysis)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else \
+            next((a.name for a in node.names if a.name in TUNE_RESULT_NAMES), None) \
+            if isinstance(node, ast.ImportFrom) else None
+        if name in TUNE_RESULT_NAMES:
+            found.append(f"{module}:{node.lineno} reads Tune's results ({name}): only search/trials.py and the tuner "
+                         "do; later stages read trial records")
+    return found
+
+
 def violations(root: Path, package: str) -> list[str]:
     imports, files = package_graph(root, package)
     found = []
@@ -122,6 +140,8 @@ def violations(root: Path, package: str) -> list[str]:
             if _third_party(name, "mlflow") and layer not in ("search", "ui"):
                 found.append(f"{module} imports {name}: MLflow belongs to search/ (and ui)")
         found += uncommented_function_imports(files[module], module, package)
+        if inner not in TUNE_RESULT_READERS:
+            found += tune_result_reads(files[module], module)
         lines = len(files[module].read_text().splitlines())
         if lines > MAX_LINES:
             found.append(f"{module} has {lines} lines (at most {MAX_LINES})")
@@ -165,6 +185,8 @@ def _write(root: Path, files: dict[str, str]) -> Path:
     ({"train/m.py": "import optuna\n"}, "pkg.train.m imports optuna: Ray Tune and Optuna belong to search/ and replay/"),
     ({"core/big.py": "x = 1\n" * (MAX_LINES + 1)}, f"pkg.core.big has {MAX_LINES + 1} lines"),
     ({"a.py": "def f():\n    from . import b\n", "b.py": ""}, "pkg.a:2: a function-level import of the package"),
+    ({"search/report.py": "def f(r):\n    return r.metrics_dataframe\n"}, "pkg.search.report:2 reads Tune's results"),
+    ({"replay/convert.py": "from ray.tune import ExperimentAnalysis\n"}, "pkg.replay.convert:1 reads Tune's results"),
     ({"a.py": "def f():\n    # why\n    x = 1\n    from .b import y\n", "b.py": "y = 1\n"}, "pkg.a:4: a function"),
 ])
 def test_each_rule_catches_what_it_names(tmp_path, files, expected):
@@ -178,6 +200,7 @@ def test_allowed_imports_pass_in_a_synthetic_tree(tmp_path):
         "train/driver.py": "import ray.train\nfrom ..core import m\n",
         "train/session.py": "def f():\n    import ray.train\n",
         "search/tuner.py": "from ray import tune\nimport optuna\nimport mlflow\nfrom ..train import driver\n",
+        "search/trials.py": "def f(results):\n    return [r.metrics_dataframe for r in results]\n",
         "ui.py": "import mlflow\n",
         "replay/simulate.py": "import optuna\nfrom ray.tune.schedulers import FIFOScheduler\n",
         "cluster/connect.py": "import ray\n",

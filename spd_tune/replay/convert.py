@@ -6,17 +6,15 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..search.space import SPACE_FILE
+from ..search.trials import records_of_experiment
 from .table import FORMAT, Table, git_commit, machine, save_table
 
 
 def table_of_search(search_dir: Path, out: Path, command: str) -> Table:
-    from ray.tune import ExperimentAnalysis  # here: reading Tune's records needs Ray Tune, not a cluster
-
     record_file = search_dir / SPACE_FILE
     if not record_file.is_file():
         raise ConfigError(f"{search_dir} has no {SPACE_FILE}: not a search folder, or one written before searches "
@@ -33,36 +31,19 @@ def table_of_search(search_dir: Path, out: Path, command: str) -> Table:
                    "protocols": [{"name": "rung", "description": "the search's own rung scores"}],
                    "final": {"samples": space["search"]["final"]["samples"]}, "command": command,
                    "git_commit": git_commit(), "machine": machine(), "source": str(search_dir), "configs": []})
-    for trial in ExperimentAnalysis(str(experiment)).trials:
-        df = _dataframe(trial)
-        if df is None or metric not in df:
+    for record in records_of_experiment(experiment, metric, params):
+        if not record.reports:
             continue
         points, previous = [], 0.0
-        for _, row in df.iterrows():
-            if not isinstance(row.get(metric), (int, float)) or "kimg" not in row:
-                continue
-            elapsed = float(row.get("time_total_s", math.nan))
-            points.append({"kimg": float(row["kimg"]), "seconds": elapsed - previous,
-                           "scores": {"rung": float(row[metric])}})
-            previous = elapsed
-        run = {"params": {k: trial.config[k] for k in params}, "seed": 0, "trial_id": trial.trial_id,
-               "points": points}
-        if trial.trial_id in finals:
-            run["final"] = {"values": finals[trial.trial_id]}
+        for report in record.reports:
+            points.append({"kimg": report.kimg, "seconds": report.seconds - previous, "scores": {"rung": report.score}})
+            previous = report.seconds
+        run = {"params": dict(record.params), "seed": 0, "trial_id": record.trial_id, "points": points}
+        if record.trial_id in finals:
+            run["final"] = {"values": finals[record.trial_id]}
         table.add_run(run)
     save_table(table, out)
     return table
-
-
-def _dataframe(trial):
-    """One trial's reported results, read from its own result file (the one place search/ reads them too)."""
-    path = Path(trial.path) / "result.json" if trial.path else None
-    if path is None or not path.is_file():
-        return None
-    import pandas as pd  # here: a dependency of Ray Tune, needed only by this reader
-
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return pd.DataFrame(rows) if rows else None
 
 
 def _finals(search_dir: Path) -> dict[str, list[float]]:

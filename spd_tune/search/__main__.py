@@ -38,6 +38,7 @@ from .preflight import check_optuna_url, check_study_exists, check_tracking_uri
 from .report import write_report
 from .results import final_metric_name, pareto_front, summary_table, verdict
 from .space import SPACE_FILE, Space, load_space, posthoc_protocol, space_record
+from .trials import records_of
 from .trust import rung_trust, trust_metrics, trust_warnings
 
 
@@ -194,17 +195,18 @@ def conclude(space: Space, layout: Layout, results, argv: list[str] | None = Non
     from .tuner import reconcile
 
     check = interrupts.check if interrupts is not None else (lambda: None)
-    orphans = reconcile(space, layout, results)
+    records = records_of(results, space.metric, list(space.search.params))  # Tune's results, read once
+    orphans = reconcile(space, layout, records)
     if orphans:
         print(f"closed {orphans} Optuna trial(s) / MLflow run(s) left open by a killed driver "
               f"(tagged spd_tune.orphaned)")
-    best = choose_champion(space, layout, results)
+    best = choose_champion(space, layout, records)
     check()
     finalists = (best.get("finalists") or [best]) if best else []
-    costs = trial_costs(space, results, finalists)
+    costs = trial_costs(space, records, finalists)
     spent = cost_summary(space, costs)
     log_costs(layout.tracking_uri, space.train.name, {t: c["hours"] for t, c in costs.items()}, spent["unit"])
-    summary = summary_table(space, results, costs)
+    summary = summary_table(space, records, costs)
     print(summary)
     if best is None:
         print("no trial produced a finite score; nothing registered", file=sys.stderr)
@@ -212,11 +214,11 @@ def conclude(space: Space, layout: Layout, results, argv: list[str] | None = Non
                       {"cost_hours_total": spent["total_hours"]})
         end_search_run(layout.tracking_uri, space.train.name)
         return 1
-    trust = rung_trust(space, results, plain_finals(finalists))
+    trust = rung_trust(space, records, plain_finals(finalists))
     lines = [*champion_lines(space, best), *verdict(space.metric, best), *trust_warnings(trust), *cost_lines(spent)]
     for line in lines:
         print(line)
-    front = pareto_front(space, results) if space.search.multi_objective.enabled else None
+    front = pareto_front(space, records) if space.search.multi_objective.enabled else None
     if front is not None and best.get("posthoc_front"):
         front = with_posthoc(front, json.loads(Path(best["posthoc_front"]).read_text()), space.metric)
     if front is not None:
@@ -227,7 +229,7 @@ def conclude(space: Space, layout: Layout, results, argv: list[str] | None = Non
                "cost_hours_no_early_stopping": spent["no_early_stopping_hours"]}
     front_png = layout.root / "posthoc" / "front.png" if best.get("posthoc_front") else None
     fit_files = [layout.root / n for n in ("spectrum_fit.json", "spectrum.png") if (layout.root / n).is_file()]
-    report = write_report(layout.root / "report.html", space, results, best, lines=lines, costs=costs, spent=spent,
+    report = write_report(layout.root / "report.html", space, records, best, lines=lines, costs=costs, spent=spent,
                           trust=trust, plain=plain_finals(finalists), optuna_url=layout.optuna_url, argv=argv,
                           front_png=front_png, gate=read_gates(layout.root / GATE_STATE_FILE), spectrum=space.fit)
     print(f"report: {report}")

@@ -32,9 +32,10 @@ from ..typed import from_dict
 from .finals import Finalist, drop_snapshots, run_finals, run_posthoc, with_choice
 from .front import nondominated, plot_front, posthoc_points
 from .interrupt import gather
-from .results import final_metric_name, ranked_trials, seed_set_result, trial_run_name, versus
+from .results import final_metric_name, ranked_trials, seed_set_result, versus
 from .space import Space
 from .tracking import client_for, log_final_scores, log_posthoc, trial_run_id
+from .trials import TrialRecord
 
 log = logging.getLogger("spd_tune.champion")
 MODEL_FILE = "model.pt"
@@ -79,32 +80,32 @@ def rescore(space: Space, checkpoints: list) -> list[dict]:
     return out
 
 
-def baseline_trial(space: Space, results) -> str | None:
+def baseline_trial(space: Space, records: list[TrialRecord]) -> str | None:
     """The trial of the space's own point (enqueued first: the paper's configuration), if the space enqueues it
     and the final protocol runs."""
     if not (space.search.enqueue_defaults and space.search.final.top_k):
         return None
     point = space.default_point()
-    for result in results:
-        if result.metrics and {k: result.config.get(k) for k in point} == point:
-            return result.metrics["trial_id"]
+    for record in records:
+        if record.trial_id and {k: record.params.get(k) for k in point} == point:
+            return record.trial_id
     return None
 
 
-def finalists_of(space: Space, layout, results) -> list[Finalist]:
+def finalists_of(space: Space, layout, records: list[TrialRecord]) -> list[Finalist]:
     """The top_k trials by rung score (at least one) that left a checkpoint, best first, then the baseline trial
     when it is not among them."""
     out = []
-    baseline = baseline_trial(space, results)
-    ranked = ranked_trials(space, results)
+    baseline = baseline_trial(space, records)
+    ranked = ranked_trials(space, records)
     chosen = ranked[: max(1, space.search.final.top_k)]
-    chosen += [(score, r) for score, r in ranked[len(chosen):] if r.metrics["trial_id"] == baseline]
-    for score, result in chosen:
-        trial_id = result.metrics["trial_id"]
-        run_path = layout.under_storage(trial_run_name(trial_id))
+    chosen += [(score, r) for score, r in ranked[len(chosen):] if r.trial_id == baseline]
+    for score, record in chosen:
+        trial_id = record.trial_id
+        run_path = layout.under_storage(record.run_name)
         checkpoint = best_checkpoint(run_path, space.metric)
         if checkpoint is not None:  # local or in a bucket: read through its own filesystem
-            params = {k: result.config[k] for k in space.search.params}
+            params = {k: record.params[k] for k in space.search.params}
             out.append(Finalist(trial_id, score, params, space.trial_config(params), run_path, checkpoint,
                                 baseline=trial_id == baseline))
     return out
@@ -124,20 +125,19 @@ def with_comparisons(rows: list[dict]) -> dict:
     return best
 
 
-def trial_run_paths(layout, results) -> dict[str, str]:
+def trial_run_paths(layout, records: list[TrialRecord]) -> dict[str, str]:
     """Trial id -> its Train run folder, for every trial that reported."""
-    ids = {(r.metrics or {}).get("trial_id") for r in results}
-    return {i: layout.under_storage(trial_run_name(i)) for i in ids if i}
+    return {r.trial_id: layout.under_storage(r.run_name) for r in records if r.trial_id}
 
 
-def choose_champion(space: Space, layout, results) -> dict | None:
+def choose_champion(space: Space, layout, records: list[TrialRecord]) -> dict | None:
     """Pick the champion (by the final protocol when configured, after the post-hoc stage when enabled) and copy
     its best checkpoint to <root>/best/ (registered later, by ``register_champion``)."""
-    finalists = finalists_of(space, layout, results)
+    finalists = finalists_of(space, layout, records)
     if not finalists:
         return None
     if space.search.posthoc.enabled:
-        return _after_posthoc(space, layout, results, finalists)
+        return _after_posthoc(space, layout, records, finalists)
     final_name = final_metric_name(space.metric)
     rows = [{"trial_id": f.trial_id, space.metric: f.score, "checkpoint": f.checkpoint.path, "params": f.params,
              "baseline": f.baseline} for f in finalists]
@@ -156,12 +156,12 @@ def choose_champion(space: Space, layout, results) -> dict | None:
                                 "finalists": rows if len(rows) > 1 else None})
 
 
-def _after_posthoc(space: Space, layout, results, finalists: list[Finalist]) -> dict:
+def _after_posthoc(space: Space, layout, records: list[TrialRecord], finalists: list[Finalist]) -> dict:
     """The post-hoc studies, their NFE front, then the final protocol at each finalist's plain and best post-hoc
     points; the champion is the best (trial, EMA, sampler) by final score."""
     metric, final_name = space.metric, final_metric_name(space.metric)
     studies = run_posthoc(space, layout.optuna_url, finalists)
-    dropped = drop_snapshots(trial_run_paths(layout, results), finalists)
+    dropped = drop_snapshots(trial_run_paths(layout, records), finalists)
     if dropped:
         print(f"deleted the EMA snapshots of {len(dropped)} trial(s) that are not finalists", flush=True)
     points = posthoc_points(studies, metric)

@@ -17,6 +17,7 @@ from ..core.flops import PEAK_BF16, count_flops, unet_flops_per_image
 from ..core.unet import UNet, UNetConfig
 from ..data import dataset
 from .space import Space, lowest_steps, steps_range
+from .trials import TrialRecord
 
 # Dense bf16 peak of an H100/H200 (data sheet) at an assumed 30% model FLOPs utilisation.
 ASSUMED_PEAK, ASSUMED_MFU = PEAK_BF16["H200"], 0.30
@@ -166,7 +167,7 @@ def cost_unit(space: Space) -> tuple[str, float]:
     return ("GPU", r.gpus_per_worker) if r.gpus_per_worker > 0 else ("CPU", r.cpus_per_worker)
 
 
-def trial_costs(space: Space, results, finalists: list[dict]) -> dict[str, dict]:
+def trial_costs(space: Space, records: list[TrialRecord], finalists: list[dict]) -> dict[str, dict]:
     """trial id -> {hours, train_hours, stage_hours, kimg, full_hours}: workers x units x the wall time of its Train
     run (Tune's time_total_s of the trial, evaluations included), plus one worker's units x the wall time of its
     post-hoc and final evaluations; ``full_hours`` is what it would have cost trained to max_kimg (no early stop)."""
@@ -174,14 +175,13 @@ def trial_costs(space: Space, results, finalists: list[dict]) -> dict[str, dict]
     workers = space.train.resources.workers
     stages = {f["trial_id"]: f.get("posthoc_seconds", 0.0) + f.get("final_seconds", 0.0) for f in finalists}
     out = {}
-    for result in results:
-        m = result.metrics or {}
-        trial_id = m.get("trial_id")
+    for record in records:
+        trial_id = record.trial_id
         if not trial_id:
             continue
-        train = workers * per_worker * float(m.get("time_total_s") or 0.0) / 3600
+        train = workers * per_worker * record.seconds / 3600
         stage = per_worker * stages.get(trial_id, 0.0) / 3600
-        kimg = float(m.get("kimg") or 0.0)
+        kimg = record.kimg
         full = train * space.max_kimg / kimg if kimg > 0 else train
         out[trial_id] = {"hours": train + stage, "train_hours": train, "stage_hours": stage, "kimg": kimg,
                          "full_hours": max(full, train) + stage}

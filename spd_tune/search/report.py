@@ -17,10 +17,10 @@ import shlex
 import time
 from pathlib import Path
 
-from ..train.config import stopped_early
 from .fit import describe_fit
-from .results import diverged, final_metric_name
+from .results import final_metric_name
 from .space import Space
+from .trials import TrialRecord
 from .trust import rung_table
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -58,25 +58,24 @@ def _fmt(value, digits: int = 4) -> str:
     return html.escape(str(value))
 
 
-def trial_table(space: Space, results, info: dict, costs: dict[str, dict], unit: str) -> str:
+def trial_table(space: Space, records: list[TrialRecord], info: dict, costs: dict[str, dict], unit: str) -> str:
     rungs = space.rungs()
-    table = rung_table(space, results)
+    table = rung_table(space, records)
     finals = {f["trial_id"]: f for f in (info.get("finalists") or [info])}
     params = list(space.search.params)
     head = (["trial", *params] + [f"kimg {r:g}" for r in rungs]
             + [f"final {space.metric} (mean ± std)", "state", f"cost ({unit}-hours)"])
     rows = []
-    for result in results:
-        m = result.metrics or {}
-        trial_id = m.get("trial_id", "?")
+    for record in records:
+        trial_id = record.trial_id or "?"
         f = finals.get(trial_id)
         final = f"{f['final']['mean']:.4f} ± {f['final']['std']:.4f}" if f and f.get("final") else ""
         if f and f.get("baseline"):
             final += " (baseline)"
-        state = result_state(space, result)
+        state = result_state(space, record)
         if trial_id == info.get("trial_id"):
             state += ", champion"
-        cells = [trial_id, *[_fmt(result.config.get(p)) for p in params],
+        cells = [trial_id, *[_fmt(record.params.get(p)) for p in params],
                  *[_fmt(table.get(trial_id, {}).get(r, math.nan)) for r in rungs], final, state,
                  _fmt(costs.get(trial_id, {}).get("hours", math.nan), 3)]
         rows.append(cells)
@@ -88,26 +87,18 @@ def trial_table(space: Space, results, info: dict, costs: dict[str, dict], unit:
     return "\n".join(out + ["</table>"])
 
 
-def result_state(space: Space, result) -> str:
-    kimg = (result.metrics or {}).get("kimg", 0)
-    if result.error:
-        return "error"
-    if diverged(result.metrics):
-        return "diverged"
-    return f"stopped at {kimg:g} kimg" if stopped_early(kimg, space.max_kimg) else "complete"
+def result_state(space: Space, record: TrialRecord) -> str:
+    state = record.state(space.max_kimg)
+    return f"stopped at {record.kimg:g} kimg" if state == "stopped" else state
 
 
-def curves_figure(space: Space, results) -> str:
+def curves_figure(space: Space, records: list[TrialRecord]) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for result in results:
-        df = result.metrics_dataframe
-        if df is None or space.metric not in df or "kimg" not in df:
-            continue
-        points = sorted((k, v) for k, v in zip(df["kimg"], df[space.metric]) if isinstance(v, (int, float))
-                        and math.isfinite(v))
+    for record in records:
+        points = [(r.kimg, r.score) for r in record.finite_reports]
         if points:
-            ax.plot(*zip(*points), marker="o", ms=3, lw=1, label=(result.metrics or {}).get("trial_id", "?"))
+            ax.plot(*zip(*points), marker="o", ms=3, lw=1, label=record.trial_id)
     for rung in space.rungs():
         ax.axvline(rung, color="#bbb", lw=0.8, ls=":")
     ax.set_xlabel("kimg (dotted: ASHA rungs)")
@@ -117,8 +108,8 @@ def curves_figure(space: Space, results) -> str:
     return _png(fig)
 
 
-def trust_figure(space: Space, results, plain: dict[str, float]) -> str | None:
-    table = rung_table(space, results)
+def trust_figure(space: Space, records: list[TrialRecord], plain: dict[str, float]) -> str | None:
+    table = rung_table(space, records)
     rungs = space.rungs()
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(rungs), figsize=(3.6 * len(rungs), 3.2), squeeze=False, constrained_layout=True)
@@ -214,7 +205,7 @@ def gate_section(gate: dict) -> str:
     return "\n".join(rows) + "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
 
 
-def write_report(path: Path, space: Space, results, info: dict, *, lines: list[str], costs: dict[str, dict],
+def write_report(path: Path, space: Space, records: list[TrialRecord], info: dict, *, lines: list[str], costs: dict[str, dict],
                  spent: dict, trust: dict, plain: dict[str, float], optuna_url: str, argv: list[str] | None,
                  front_png: Path | None = None, gate: dict | None = None, spectrum: dict | None = None) -> Path:
     """Render the report of a finished search to ``path`` and return it."""
@@ -222,11 +213,11 @@ def write_report(path: Path, space: Space, results, info: dict, *, lines: list[s
     baseline = next((f for f in (info.get("finalists") or []) if f.get("baseline")), None)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>spd-tune search {html.escape(space.train.name)}"
              f"</title><style>{STYLE}</style></head><body>",
-             f"<h1>Search {html.escape(space.train.name)}: {len(list(results))} trials, metric {space.metric}</h1>",
+             f"<h1>Search {html.escape(space.train.name)}: {len(records)} trials, metric {space.metric}</h1>",
              f"<p>Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Lower is better.</p>",
              "<h2>Result</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>",
-             "<h2>Trials</h2>", trial_table(space, results, info, costs, spent["unit"]),
-             "<h2>Metric curves</h2>", curves_figure(space, results)]
+             "<h2>Trials</h2>", trial_table(space, records, info, costs, spent["unit"]),
+             "<h2>Metric curves</h2>", curves_figure(space, records)]
     if spectrum:
         parts.append(spectrum_section(spectrum))
     if gate:
@@ -235,7 +226,7 @@ def write_report(path: Path, space: Space, results, info: dict, *, lines: list[s
         parts += ["<h2>Rung trust</h2><table><tr><th class=l>correlation</th><th>Spearman rho</th><th>pairs</th></tr>"]
         parts += [f"<tr><td class=l>{html.escape(n)}</td><td>{_fmt(t['rho'], 3)}</td><td>{t['pairs']}</td></tr>"
                   for n, t in trust.items()]
-        parts += ["</table>", trust_figure(space, results, plain) or ""]
+        parts += ["</table>", trust_figure(space, records, plain) or ""]
     if front_png is not None and Path(front_png).is_file():
         parts += ["<h2>Score against NFE (post-hoc evaluations)</h2>", _img(Path(front_png).read_bytes(), "front")]
     importance = importance_figure(space, optuna_url)

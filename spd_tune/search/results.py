@@ -1,21 +1,14 @@
-"""What a search concludes, computed from Tune's records: the ranking, the Pareto front, the summary table, and
-the names and predicates every other piece uses (a trial's Train run, its final metric, "stopped early")."""
+"""What a search concludes, computed from its trial records (search/trials.py): the ranking, the Pareto front,
+the summary table, seed-set statistics and the verdict's plain-words lines."""
 
 from __future__ import annotations
 
 import math
 import statistics
 
-from ..train.config import stopped_early
 from .front import nondominated
 from .space import Space
-
-TRIAL_RUN_PREFIX = "train-"
-
-
-def trial_run_name(trial_id: str) -> str:
-    """The Train run of a Tune trial: a fixed name, so a restarted trial resumes its own run."""
-    return f"{TRIAL_RUN_PREFIX}{trial_id}"
+from .trials import TrialRecord
 
 
 def final_metric_name(metric: str) -> str:
@@ -78,55 +71,36 @@ def verdict(metric: str, info: dict) -> list[str]:
     return lines
 
 
-def diverged(result: dict | None) -> bool:
-    """The run stopped on a non-finite loss (train/loop.py): a failed trial, whatever its earlier scores."""
-    return bool(result) and bool(result.get("diverged"))
-
-
-def pareto_front(space: Space, results) -> list[dict]:
+def pareto_front(space: Space, records: list[TrialRecord]) -> list[dict]:
     """Trials whose (final score, NFE) no other trial beats in both, sorted by NFE."""
     points = []
-    for result in results:
-        m = result.metrics or {}
+    for record in records:
+        m = record.last
         if isinstance(m.get(space.metric), (int, float)) and math.isfinite(m[space.metric]) and "nfe" in m:
-            points.append({"trial_id": m["trial_id"], space.metric: m[space.metric], "nfe": int(m["nfe"]),
-                           "params": {k: result.config[k] for k in space.search.params}})
+            points.append({"trial_id": record.trial_id, space.metric: m[space.metric], "nfe": int(m["nfe"]),
+                           "params": dict(record.params)})
     return nondominated(points, space.metric)
 
 
-def ranked_trials(space: Space, results) -> list[tuple[float, object]]:
-    """(best finite metric, result) of every trial, best first; in multi-objective mode only the Pareto front
+def ranked_trials(space: Space, records: list[TrialRecord]) -> list[tuple[float, TrialRecord]]:
+    """(best finite metric, record) of every trial, best first; in multi-objective mode only the Pareto front
     within the NFE budget, by final score."""
     if space.search.multi_objective.enabled:
         budget = space.search.multi_objective.nfe_budget
-        keep = {p["trial_id"] for p in pareto_front(space, results) if budget is None or p["nfe"] <= budget}
-        return sorted(((r.metrics[space.metric], r) for r in results if (r.metrics or {}).get("trial_id") in keep),
-                      key=lambda item: item[0])
-    ranked = []
-    for result in results:
-        if diverged(result.metrics):
-            continue
-        df = result.metrics_dataframe
-        if df is None or space.metric not in df:
-            continue
-        values = [v for v in df[space.metric] if isinstance(v, (int, float)) and math.isfinite(v)]
-        if values:
-            ranked.append((min(values), result))
+        keep = {p["trial_id"] for p in pareto_front(space, records) if budget is None or p["nfe"] <= budget}
+        return sorted(((r.last[space.metric], r) for r in records if r.trial_id in keep), key=lambda item: item[0])
+    ranked = [(r.best_score, r) for r in records if r.trial_id and not r.diverged and r.finite_reports]
     return sorted(ranked, key=lambda item: item[0])
 
 
-def summary_table(space: Space, results, costs: dict[str, dict] | None = None) -> str:
+def summary_table(space: Space, records: list[TrialRecord], costs: dict[str, dict] | None = None) -> str:
     """One line per trial, best first: its params, best rung score, kimg reached, state and, given ``costs``
     (search/costs.py), its resource-hours."""
     rows = []
-    for r in results:
-        df = r.metrics_dataframe
-        metric = df[space.metric].min() if df is not None and space.metric in df else math.nan
-        kimg = r.metrics.get("kimg", 0) if r.metrics else 0
-        state = "error" if r.error else "diverged" if diverged(r.metrics) else (
-            "stopped" if stopped_early(kimg, space.max_kimg) else "complete")
-        trial_id = r.metrics.get("trial_id", "?") if r.metrics else "?"
-        rows.append((metric, trial_id, r.config, kimg, state))
+    for r in records:
+        metric = r.best_score if r.finite_reports else min(
+            (rep.score for rep in r.reports if not math.isnan(rep.score)), default=math.nan)
+        rows.append((metric, r.trial_id or "?", r.params, r.kimg, r.state(space.max_kimg)))
     rows.sort(key=lambda row: (math.isnan(row[0]), row[0]))
     names = list(space.search.params)
     unit = "GPU-h" if space.train.resources.gpus_per_worker > 0 else "CPU-h"

@@ -24,10 +24,10 @@ import sys
 import optuna
 from ray.tune.search import Searcher
 
-from ..train.config import nimg, stopped_early
+from ..train.config import nimg
 from .costs import Budget
-from .results import diverged
 from .space import ParamSpec, Space
+from .trials import diverged, stopped_early
 
 TRIAL_ID_ATTR = "spd_tune.trial_id"
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from ..train.config import nimg, stopped_early
+from ..train.config import nimg
 from ..train.session import GRID_FILE
 from .schedulers import read_gates
+from .trials import stopped_early
 
 log = logging.getLogger("spd_tune.tracking")
 

@@ -13,28 +13,23 @@ import math
 
 from .correlation import spearman
 from .space import Space
+from .trials import TrialRecord
 
 MIN_RHO, MIN_PAIRS = 0.5, 4  # below either, the summary warns
 
 
-def rung_table(space: Space, results) -> dict[str, dict[float, float]]:
+def rung_table(space: Space, records: list[TrialRecord]) -> dict[str, dict[float, float]]:
     """trial id -> {rung kimg: its score at that rung}: the first report at or after each rung and before the next."""
     rungs = space.rungs()
     table = {}
-    for result in results:
-        trial_id = (result.metrics or {}).get("trial_id")
-        df = result.metrics_dataframe
-        if not trial_id or df is None or space.metric not in df or "kimg" not in df:
-            continue
-        reports = [(float(k), float(v)) for k, v in zip(df["kimg"], df[space.metric])
-                   if isinstance(v, (int, float)) and math.isfinite(v)]
+    for record in (r for r in records if r.trial_id):
         scores = {}
         for i, rung in enumerate(rungs):
             upper = rungs[i + 1] if i + 1 < len(rungs) else math.inf
-            at = [v for k, v in sorted(reports) if rung - 1e-9 <= k < upper - 1e-9]
+            at = [r.score for r in record.finite_reports if rung - 1e-9 <= r.kimg < upper - 1e-9]
             if at:
                 scores[rung] = at[0]
-        table[trial_id] = scores
+        table[record.trial_id] = scores
     return table
 
 
@@ -42,10 +37,10 @@ def _name(kimg: float) -> str:
     return f"kimg{kimg:g}"
 
 
-def rung_trust(space: Space, results, finals: dict[str, float]) -> dict[str, dict]:
+def rung_trust(space: Space, records: list[TrialRecord], finals: dict[str, float]) -> dict[str, dict]:
     """{metric name: {rho, pairs, rung, against}} for each rung against the final scores (trial id -> plain-point
     final mean) and for each pair of consecutive rungs."""
-    table = rung_table(space, results)
+    table = rung_table(space, records)
     rungs = space.rungs()
     out = {}
     for rung in rungs:

@@ -17,11 +17,11 @@ from ..train.driver import ReportQueue, build_trainer, fit_reporting, trial_call
 from .costs import Budget
 from .interrupt import active
 from .plan import Layout
-from .results import trial_run_name
 from .schedulers import GATE_STATE_FILE, GatedASHA, PersistentASHA
 from .searcher import BudgetLimiter, StudySearcher
 from .space import Space
 from .tracking import MLflowCallback, close_orphan_runs
+from .trials import TrialRecord, trial_run_name
 
 ASHA_STATE_FILE = "asha_state.json"  # beside the Optuna study: the rungs a resumed search stops trials on
 
@@ -98,7 +98,7 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool,
     )
 
 
-def reconcile(space: Space, layout: Layout, results) -> int:
+def reconcile(space: Space, layout: Layout, records: list[TrialRecord]) -> int:
     """After the search, close what a killed driver left open: Optuna trials still RUNNING become FAIL and
     MLflow runs of trials this search does not hold are marked KILLED, each tagged as orphaned. Returns how many."""
     orphans = 0
@@ -110,5 +110,5 @@ def reconcile(space: Space, layout: Layout, results) -> int:
         storage.set_trial_user_attr(internal, "spd_tune.orphaned", True)
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         orphans += 1
-    known = {r.metrics.get("trial_id") for r in results if r.metrics}
+    known = {r.trial_id for r in records if r.trial_id}
     return orphans + close_orphan_runs(layout.tracking_uri, space.train.name, known)

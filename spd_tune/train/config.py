@@ -256,11 +256,6 @@ def nimg(kimg: float) -> int:
     return int(round(float(kimg) * 1000))
 
 
-def stopped_early(kimg: float, max_kimg: float) -> bool:
-    """A trial that ended before its last rung (ASHA stopped it): the one definition of "stopped early"."""
-    return float(kimg) < max_kimg - 1e-9
-
-
 # --- files ----------------------------------------------------------------------------------------------
 
 def resolve_config_path(name_or_path: str) -> Path:
