@@ -2,9 +2,9 @@
 functions alike: no import cycles; core/, data/ and fid/ free of Ray, MLflow and Optuna; cluster/ free of torch;
 ray.train only in train/session and train/driver; Ray Tune and Optuna only in search/ and replay/ (and ui.py),
 MLflow only in search/ (and ui.py); no module over 450 lines; no function-level import of the package's own
-modules without a comment saying why; Tune's result objects read only by search/trials.py and the tuner; the public
-import paths name what they export (``__all__``). A synthetic
-package shows that each rule catches what it names."""
+modules without a comment saying why; Tune's result objects read only by search/trials.py and the tuner; no
+function over 60 lines but the training loop; the public import paths name what they export (``__all__``). A
+synthetic package shows that each rule catches what it names."""
 
 from __future__ import annotations
 
@@ -102,6 +102,21 @@ def uncommented_function_imports(path: Path, module: str, package: str) -> list[
     return found
 
 
+MAX_FUNCTION_LINES = 60
+LONG_FUNCTIONS = ("train.loop.run_worker",)  # the training loop reads as one loop in labelled blocks, as EDM's
+
+
+def long_functions(path: Path, module: str) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            name = f"{module.split('.', 1)[-1]}.{node.name}"
+            if lines > MAX_FUNCTION_LINES and name not in LONG_FUNCTIONS:
+                found.append(f"{module}.{node.name} has {lines} lines (at most {MAX_FUNCTION_LINES})")
+    return found
+
+
 TUNE_RESULT_READERS = ("search.trials", "search.tuner")  # after the tuner, every stage reads trial records
 TUNE_RESULT_NAMES = ("metrics_dataframe", "ResultGrid", "ExperimentAnalysis")
 
@@ -140,6 +155,7 @@ def violations(root: Path, package: str) -> list[str]:
             if _third_party(name, "mlflow") and layer not in ("search", "ui"):
                 found.append(f"{module} imports {name}: MLflow belongs to search/ (and ui)")
         found += uncommented_function_imports(files[module], module, package)
+        found += long_functions(files[module], module)
         if inner not in TUNE_RESULT_READERS:
             found += tune_result_reads(files[module], module)
         lines = len(files[module].read_text().splitlines())
@@ -186,6 +202,7 @@ def _write(root: Path, files: dict[str, str]) -> Path:
     ({"core/big.py": "x = 1\n" * (MAX_LINES + 1)}, f"pkg.core.big has {MAX_LINES + 1} lines"),
     ({"a.py": "def f():\n    from . import b\n", "b.py": ""}, "pkg.a:2: a function-level import of the package"),
     ({"search/report.py": "def f(r):\n    return r.metrics_dataframe\n"}, "pkg.search.report:2 reads Tune's results"),
+    ({"core/m.py": "def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES}, f"pkg.core.m.f has {MAX_FUNCTION_LINES + 1} lines"),
     ({"replay/convert.py": "from ray.tune import ExperimentAnalysis\n"}, "pkg.replay.convert:1 reads Tune's results"),
     ({"a.py": "def f():\n    # why\n    x = 1\n    from .b import y\n", "b.py": "y = 1\n"}, "pkg.a:4: a function"),
 ])

@@ -17,7 +17,7 @@ from spd_tune.errors import DataError
 from spd_tune.fid import frechet_distance
 from spd_tune.fid.spectral import SpectralStats, gauss_fd, stationary_frechet
 from spd_tune.train.config import load_train_config
-from spd_tune.train.evaluation import expected_metric_name
+from spd_tune.train.config import expected_metric_name
 
 
 def test_the_stored_fields_have_the_asked_spectrum_and_pixel_std():

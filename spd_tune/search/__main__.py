@@ -183,6 +183,20 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
     return 0
 
 
+def score_nfe_front(space: Space, records, best: dict) -> list[dict] | None:
+    """Multi-objective mode: the trials' score-against-NFE front, with the post-hoc stage's points when it ran,
+    printed on one line; None otherwise."""
+    if not space.search.multi_objective.enabled:
+        return None
+    front = pareto_front(space, records)
+    if best.get("posthoc_front"):
+        front = with_posthoc(front, json.loads(Path(best["posthoc_front"]).read_text()), space.metric)
+    print(f"Pareto front ({space.metric} vs NFE): " + ", ".join(
+        f"{p['trial_id']}{' post-hoc' if p.get('stage') == 'posthoc' else ''} ({p[space.metric]:.4f}, "
+        f"{p['nfe']} NFE)" for p in front))
+    return front
+
+
 def conclude(space: Space, layout: Layout, results, argv: list[str] | None = None,
              interrupts: Interrupts | None = None) -> int:
     """Close what a killed driver left open, pick the champion, then the summary: scores with their noise, the
@@ -218,13 +232,7 @@ def conclude(space: Space, layout: Layout, results, argv: list[str] | None = Non
     lines = [*champion_lines(space, best), *verdict(space.metric, best), *trust_warnings(trust), *cost_lines(spent)]
     for line in lines:
         print(line)
-    front = pareto_front(space, records) if space.search.multi_objective.enabled else None
-    if front is not None and best.get("posthoc_front"):
-        front = with_posthoc(front, json.loads(Path(best["posthoc_front"]).read_text()), space.metric)
-    if front is not None:
-        print(f"Pareto front ({space.metric} vs NFE): " + ", ".join(
-            f"{p['trial_id']}{' post-hoc' if p.get('stage') == 'posthoc' else ''} ({p[space.metric]:.4f}, "
-            f"{p['nfe']} NFE)" for p in front))
+    front = score_nfe_front(space, records, best)
     metrics = {**trust_metrics(trust), "cost_hours_total": spent["total_hours"],
                "cost_hours_no_early_stopping": spent["no_early_stopping_hours"]}
     front_png = layout.root / "posthoc" / "front.png" if best.get("posthoc_front") else None

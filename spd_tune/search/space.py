@@ -22,8 +22,7 @@ from typing import Any
 from ..core.samplers import SAMPLERS, SamplerConfig
 from ..core.spectrum import BANDS, ESTIMATORS
 from ..errors import ConfigError
-from ..train.config import SamplerKind, TrainConfig, absolute_paths, resolve_config_path
-from ..train.evaluation import expected_metric_name
+from ..train.config import SamplerKind, TrainConfig, absolute_paths, expected_metric_name, resolve_config_path
 from ..typed import apply_overrides, check_known_keys, from_dict, read_document
 from .fit import FIT_PATHS
 
@@ -95,18 +94,6 @@ class ParamSpec:
         if self.type == "categorical":
             return value in self.choices
         return isinstance(value, (int, float)) and self.low <= value <= self.high
-
-    def tune_domain(self):
-        from ray import tune
-
-        if self.type == "categorical":
-            return tune.choice(list(self.choices))
-        if self.type == "int":
-            # tune.randint's upper bound is exclusive
-            return tune.lograndint(int(self.low), int(self.high) + 1) if self.log else tune.randint(
-                int(self.low), int(self.high) + 1)
-        return tune.loguniform(self.low, self.high) if self.log else tune.uniform(self.low, self.high)
-
 
 @dataclass(frozen=True)
 class ASHAConfig:

@@ -20,7 +20,7 @@ from ..core.schedule import ProcessConfig
 from ..core.unet import PRESETS, UNetConfig, preset_config
 from ..data import DataConfig, dataset
 from ..errors import ConfigError
-from ..fid import FeatureSpec, default_cache_dir, resolve_fid_weights
+from ..fid import FeatureSpec, default_cache_dir, metric_name, resolve_fid_weights
 from ..typed import apply_overrides, check_known_keys, from_dict, read_document
 
 SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
@@ -297,6 +297,17 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     features = dataclasses.replace(cfg.eval.features, weights_path=absolute(cfg.eval.features.weights_path))
     return dataclasses.replace(cfg, data=data, output=absolute(cfg.output), eval=dataclasses.replace(
         cfg.eval, features=features, stats_cache_dir=absolute(cfg.eval.stats_cache_dir)))
+
+
+def expected_metric_name(cfg: TrainConfig) -> str:
+    """The metric's name from the config alone (no file is read): what the space promises to optimise. A data set
+    with a metric of its own (the gaussian set's exact gauss_fd, fid/spectral.py) is scored by it, whatever the
+    features say."""
+    own = dataset(cfg.data.name).metric
+    if own:
+        return own
+    f = cfg.eval.features
+    return metric_name(f.dims, f.weights == "pytorch-fid")
 
 
 def resolve_on_driver(cfg: TrainConfig) -> TrainConfig:

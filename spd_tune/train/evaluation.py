@@ -22,20 +22,9 @@ from ..fid import InceptionFeatures, RunningStats, metric_name, reference_stats,
 from ..fid.spectral import METRIC as GAUSS_FD
 from ..fid.spectral import SpectralStats, gauss_fd
 from ..fid.stats import merge_all
-from .config import TrainConfig
+from .config import TrainConfig, expected_metric_name
 
 SAMPLE_BATCH = 256
-
-
-def expected_metric_name(cfg: TrainConfig) -> str:
-    """The metric's name from the config alone (no file is read): what the space promises to optimise. A data set
-    with a metric of its own (the gaussian set's exact gauss_fd, fid/spectral.py) is scored by it, whatever the
-    features say."""
-    own = dataset(cfg.data.name).metric
-    if own:
-        return own
-    f = cfg.eval.features
-    return metric_name(f.dims, f.weights == "pytorch-fid")
 
 
 def resolved_metric_name(cfg: TrainConfig) -> str:
