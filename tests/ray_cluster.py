@@ -53,6 +53,9 @@ def _free_port_block(size: int) -> int:
     raise RuntimeError("no free block of worker ports")
 
 
+STOP_GRACE_S = 5
+
+
 class LocalRayCluster:
     def __init__(self, num_cpus: int = 2, resources: str | None = None):
         self.num_cpus, self.resources = num_cpus, resources
@@ -99,7 +102,9 @@ class LocalRayCluster:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)  # the process group we started, nothing else
             try:
-                self.proc.wait(timeout=60)
+                # most of the group is gone within a second or two; Ray's GCS then waits out a 30 s grace period
+                # that a test cluster, whose folder is deleted next, does not need
+                self.proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
