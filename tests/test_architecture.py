@@ -2,7 +2,8 @@
 functions alike: no import cycles; core/, data/ and fid/ free of Ray, MLflow and Optuna; cluster/ free of torch;
 ray.train only in train/session and train/driver; Ray Tune and Optuna only in search/ and replay/ (and ui.py),
 MLflow only in search/ (and ui.py); no module over 450 lines; no function-level import of the package's own
-modules without a comment saying why; Tune's result objects read only by search/trials.py and the tuner; no
+modules without a comment saying why; Tune's result objects read only by search/trials.py and the tuner; in
+search/conclude/ a stage imports only earlier stages, only the record stage MLflow, and only conclude() prints; no
 function over 60 lines but the training loop; the public import paths name what they export (``__all__``). A
 synthetic package shows that each rule catches what it names."""
 
@@ -134,6 +135,32 @@ def tune_result_reads(path: Path, module: str) -> list[str]:
     return found
 
 
+STAGES = ("finalists", "evaluator", "posthoc", "final", "champion", "summary", "report", "record")  # their order
+
+
+def stage_rules(module: str, names: list[str], path: Path, package: str) -> list[str]:
+    """search/conclude/: a stage imports only earlier stages; only the record stage imports MLflow; only
+    ``conclude()`` (the package's __init__) prints."""
+    inner = module[len(package) + 1:].split(".")
+    if inner[:2] != ["search", "conclude"]:
+        return []
+    stage, found = (inner[2] if len(inner) > 2 else None), []
+    prefix = f"{package}.search.conclude."
+    for name in names:
+        if name.startswith(prefix) and stage in STAGES:
+            other = name[len(prefix):].split(".")[0]
+            if other in STAGES and STAGES.index(other) >= STAGES.index(stage) and other != stage:
+                found.append(f"{module} imports the later stage {other}: a stage imports only earlier stages")
+        if _third_party(name, "mlflow") and stage != "record":
+            found.append(f"{module} imports {name}: in conclude/ only the record stage writes to MLflow")
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not (stage is None and node.name == "conclude"):
+            for call in ast.walk(node):
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "print":
+                    found.append(f"{module}.{node.name}:{call.lineno} prints: in conclude/ only conclude() prints")
+    return found
+
+
 def violations(root: Path, package: str) -> list[str]:
     imports, files = package_graph(root, package)
     found = []
@@ -155,6 +182,7 @@ def violations(root: Path, package: str) -> list[str]:
             if _third_party(name, "mlflow") and layer not in ("search", "ui"):
                 found.append(f"{module} imports {name}: MLflow belongs to search/ (and ui)")
         found += uncommented_function_imports(files[module], module, package)
+        found += stage_rules(module, names, files[module], package)
         found += long_functions(files[module], module)
         if inner not in TUNE_RESULT_READERS:
             found += tune_result_reads(files[module], module)
@@ -205,6 +233,13 @@ def _write(root: Path, files: dict[str, str]) -> Path:
     ({"core/m.py": "def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES}, f"pkg.core.m.f has {MAX_FUNCTION_LINES + 1} lines"),
     ({"replay/convert.py": "from ray.tune import ExperimentAnalysis\n"}, "pkg.replay.convert:1 reads Tune's results"),
     ({"a.py": "def f():\n    # why\n    x = 1\n    from .b import y\n", "b.py": "y = 1\n"}, "pkg.a:4: a function"),
+    ({"search/conclude/final.py": "from .champion import x\n", "search/conclude/champion.py": "x = 1\n"},
+     "pkg.search.conclude.final imports the later stage champion"),
+    ({"search/conclude/summary.py": "from . import record\n", "search/conclude/record.py": ""},
+     "pkg.search.conclude.summary imports the later stage record"),
+    ({"search/conclude/final.py": "def f():\n    import mlflow\n"}, "in conclude/ only the record stage writes"),
+    ({"search/conclude/posthoc.py": "def run():\n    print('x')\n"}, "pkg.search.conclude.posthoc.run:2 prints"),
+    ({"search/conclude/__init__.py": "def helper():\n    print('x')\n"}, "pkg.search.conclude.helper:2 prints"),
 ])
 def test_each_rule_catches_what_it_names(tmp_path, files, expected):
     package = _write(tmp_path, files)
@@ -218,6 +253,10 @@ def test_allowed_imports_pass_in_a_synthetic_tree(tmp_path):
         "train/session.py": "def f():\n    import ray.train\n",
         "search/tuner.py": "from ray import tune\nimport optuna\nimport mlflow\nfrom ..train import driver\n",
         "search/trials.py": "def f(results):\n    return [r.metrics_dataframe for r in results]\n",
+        "search/conclude/__init__.py": "from . import final, record\ndef conclude():\n    print('done')\n",
+        "search/conclude/final.py": "from .posthoc import x\n",
+        "search/conclude/posthoc.py": "x = 1\n",
+        "search/conclude/record.py": "import mlflow\nfrom .final import x\n",
         "ui.py": "import mlflow\n",
         "replay/simulate.py": "import optuna\nfrom ray.tune.schedulers import FIFOScheduler\n",
         "cluster/connect.py": "import ray\n",

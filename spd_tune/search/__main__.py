@@ -19,7 +19,6 @@ import os
 import shlex
 import sys
 import time
-from pathlib import Path
 
 from ..cli import Parser, run_main
 from ..cluster import check_storage, check_storage_path, driver_resources, ensure_ray
@@ -29,17 +28,12 @@ from ..train.averaging import snapshot_plan
 from ..train.config import resolve_on_driver
 from ..train.evaluation import resolved_metric_name
 from .console import RAY_LOG, ray_output_to
-from .costs import cost_lines, cost_summary, cost_table, cost_unit, trial_costs
-from .fit import describe_fit, spectrum_tags, write_fit_plot
-from .front import with_posthoc
+from .costs import cost_table, cost_unit
+from .fit import describe_fit, write_fit_plot
 from .interrupt import Interrupts, SearchInterrupted, duration
-from .plan import Layout, concurrency, finished_search, mark_finished, search_exists
+from .plan import Layout, concurrency, finished_search, search_exists
 from .preflight import check_optuna_url, check_study_exists, check_tracking_uri
-from .report import write_report
-from .results import final_metric_name, pareto_front, summary_table, verdict
 from .space import SPACE_FILE, Space, load_space, posthoc_protocol, space_record
-from .trials import records_of
-from .trust import rung_trust, trust_metrics, trust_warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 code = run_main(lambda: _search(args, sets, found, quiet, interrupts))
                 if code == 0 and "results" in found:
                     interrupts.check()  # Tune returned because of a signal: nothing concludes
+                    from .conclude import conclude  # Ray Train, MLflow: imported once the search has run
+
                     code = conclude(found["space"], found["layout"], found["results"], argv, interrupts)
                     print(f"search wall time: {duration(time.monotonic() - interrupts.started)}")
                 interrupts.check()  # a signal held during the last step
@@ -105,7 +101,7 @@ def _record_interruption(found: dict) -> None:
     if "layout" in found and finished_search(found["layout"]) is not None:
         found["finished"] = True  # the signal came during the last step, which it let finish
     elif "layout" in found:
-        from .tracking import mark_interrupted  # MLflow: imported once the search has started
+        from .mlflow_runs import mark_interrupted  # MLflow: imported once the search has started
 
         mark_interrupted(found["layout"].tracking_uri, found["space"].train.name)
     if "layout" in found:
@@ -156,7 +152,7 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
     ensure_ray(args.address)
     interrupts.install()  # again: ray.init sets a SIGTERM handler of its own
     if args.resume:
-        from .tracking import reopen_search_run  # MLflow: imported once the search really starts
+        from .mlflow_runs import reopen_search_run  # MLflow: imported once the search really starts
 
         reopen_search_run(layout.tracking_uri, space.train.name)
     check_storage(layout.storage)
@@ -181,99 +177,6 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
     with interrupts.tune_loop():
         found["results"] = tuner.fit()
     return 0
-
-
-def score_nfe_front(space: Space, records, best: dict) -> list[dict] | None:
-    """Multi-objective mode: the trials' score-against-NFE front, with the post-hoc stage's points when it ran,
-    printed on one line; None otherwise."""
-    if not space.search.multi_objective.enabled:
-        return None
-    front = pareto_front(space, records)
-    if best.get("posthoc_front"):
-        front = with_posthoc(front, json.loads(Path(best["posthoc_front"]).read_text()), space.metric)
-    print(f"Pareto front ({space.metric} vs NFE): " + ", ".join(
-        f"{p['trial_id']}{' post-hoc' if p.get('stage') == 'posthoc' else ''} ({p[space.metric]:.4f}, "
-        f"{p['nfe']} NFE)" for p in front))
-    return front
-
-
-def conclude(space: Space, layout: Layout, results, argv: list[str] | None = None,
-             interrupts: Interrupts | None = None) -> int:
-    """Close what a killed driver left open, pick the champion, then the summary: scores with their noise, the
-    baseline, rung trust and costs, printed and logged on the parent MLflow run; last, in one step that a signal
-    does not cut, the champion's registration and the mark that the search has finished. A signal before that
-    step registers nothing, and ``--resume`` concludes again from what the stages kept."""
-    from .champion import choose_champion, register_champion  # with Ray Train: see build_tuner's import
-    from .schedulers import GATE_STATE_FILE, read_gates  # with Ray Tune: see build_tuner's import
-    from .tracking import end_search_run, finish_search, log_costs
-    from .tuner import reconcile
-
-    check = interrupts.check if interrupts is not None else (lambda: None)
-    records = records_of(results, space.metric, list(space.search.params))  # Tune's results, read once
-    orphans = reconcile(space, layout, records)
-    if orphans:
-        print(f"closed {orphans} Optuna trial(s) / MLflow run(s) left open by a killed driver "
-              f"(tagged spd_tune.orphaned)")
-    best = choose_champion(space, layout, records)
-    check()
-    finalists = (best.get("finalists") or [best]) if best else []
-    costs = trial_costs(space, records, finalists)
-    spent = cost_summary(space, costs)
-    log_costs(layout.tracking_uri, space.train.name, {t: c["hours"] for t, c in costs.items()}, spent["unit"])
-    summary = summary_table(space, records, costs)
-    print(summary)
-    if best is None:
-        print("no trial produced a finite score; nothing registered", file=sys.stderr)
-        finish_search(layout.tracking_uri, space.train.name, summary, None, layout.optuna_url, None,
-                      {"cost_hours_total": spent["total_hours"]})
-        end_search_run(layout.tracking_uri, space.train.name)
-        return 1
-    trust = rung_trust(space, records, plain_finals(finalists))
-    lines = [*champion_lines(space, best), *verdict(space.metric, best), *trust_warnings(trust), *cost_lines(spent)]
-    for line in lines:
-        print(line)
-    front = score_nfe_front(space, records, best)
-    metrics = {**trust_metrics(trust), "cost_hours_total": spent["total_hours"],
-               "cost_hours_no_early_stopping": spent["no_early_stopping_hours"]}
-    front_png = layout.root / "posthoc" / "front.png" if best.get("posthoc_front") else None
-    fit_files = [layout.root / n for n in ("spectrum_fit.json", "spectrum.png") if (layout.root / n).is_file()]
-    report = write_report(layout.root / "report.html", space, records, best, lines=lines, costs=costs, spent=spent,
-                          trust=trust, plain=plain_finals(finalists), optuna_url=layout.optuna_url, argv=argv,
-                          front_png=front_png, gate=read_gates(layout.root / GATE_STATE_FILE), spectrum=space.fit)
-    print(f"report: {report}")
-    finish_search(layout.tracking_uri, space.train.name, "\n".join([summary, "", *lines]),
-                  {**best, "trust": trust, "cost": spent}, layout.optuna_url, front, metrics, [report, *fit_files],
-                  tags=spectrum_tags(space.fit) if space.fit else None)
-    check()
-    with interrupts.critical() if interrupts is not None else contextlib.nullcontext():
-        model = register_champion(space, layout, best)
-        end_search_run(layout.tracking_uri, space.train.name)
-        mark_finished(layout, {"champion": best["trial_id"], "model": model, "best_dir": best["best_dir"]})
-    print(f"registered as {model}" if model else "the champion was not registered in MLflow (see the warning above); "
-          f"its files are in {best['best_dir']}")
-    print(f"compare the trials: python -m spd_tune.ui {layout.root}")
-    return 0
-
-
-def champion_lines(space: Space, best: dict) -> list[str]:
-    final = final_metric_name(space.metric)
-    final_text = f", {final} {best[final]:.4f}" if final in best else ""
-    if best.get("final"):
-        final_text += f" ± {best['final']['std']:.4f} (std over {len(best['final']['values'])} seed sets)"
-    return [f"champion: trial {best['trial_id']}, {space.metric} {best[space.metric]:.4f}{final_text}, "
-            f"params {best['params']}",
-            f"  checkpoint copied to {best['best_dir']}"]
-
-
-def plain_finals(finalists: list[dict]) -> dict[str, float]:
-    """trial id -> its final mean at the plain point (the final protocol's sampler on the rung EMA): what rung
-    trust compares rung scores with, so that only the protocol differs."""
-    out = {}
-    for row in finalists:
-        scored = row.get("plain", row).get("final")
-        if scored:
-            out[row["trial_id"]] = scored["mean"]
-    return out
 
 
 def describe(space: Space, layout: Layout, max_concurrent: int | None = None) -> str:

@@ -167,20 +167,20 @@ def cost_unit(space: Space) -> tuple[str, float]:
     return ("GPU", r.gpus_per_worker) if r.gpus_per_worker > 0 else ("CPU", r.cpus_per_worker)
 
 
-def trial_costs(space: Space, records: list[TrialRecord], finalists: list[dict]) -> dict[str, dict]:
+def trial_costs(space: Space, records: list[TrialRecord], stage_seconds: dict[str, float]) -> dict[str, dict]:
     """trial id -> {hours, train_hours, stage_hours, kimg, full_hours}: workers x units x the wall time of its Train
     run (Tune's time_total_s of the trial, evaluations included), plus one worker's units x the wall time of its
-    post-hoc and final evaluations; ``full_hours`` is what it would have cost trained to max_kimg (no early stop)."""
+    post-hoc and final evaluations (``stage_seconds``: trial id -> their wall seconds); ``full_hours`` is what it
+    would have cost trained to max_kimg (no early stop)."""
     unit, per_worker = cost_unit(space)
     workers = space.train.resources.workers
-    stages = {f["trial_id"]: f.get("posthoc_seconds", 0.0) + f.get("final_seconds", 0.0) for f in finalists}
     out = {}
     for record in records:
         trial_id = record.trial_id
         if not trial_id:
             continue
         train = workers * per_worker * record.seconds / 3600
-        stage = per_worker * stages.get(trial_id, 0.0) / 3600
+        stage = per_worker * stage_seconds.get(trial_id, 0.0) / 3600
         kimg = record.kimg
         full = train * space.max_kimg / kimg if kimg > 0 else train
         out[trial_id] = {"hours": train + stage, "train_hours": train, "stage_hours": stage, "kimg": kimg,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -19,30 +18,16 @@ from ray.tune import Callback
 
 from ..train.config import nimg
 from ..train.session import GRID_FILE
+from .mlflow_runs import INTERRUPTED_TAG, client_for
 from .schedulers import read_gates
 from .trials import stopped_early
 
 log = logging.getLogger("spd_tune.tracking")
 
-# bounded client timeouts (seconds) and retries: a dead server must not stall the search
-CLIENT_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 PAUSE_AFTER_FAILURE_S = 60.0  # after a failed call, skip MLflow for this long instead of waiting on it per result
-
-INTERRUPTED_TAG = "spd_tune.interrupted"  # on runs a signal closed as KILLED; a --resume opens them again
 
 SKIP_METRICS = {"step", "start_step", "done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
                 "pid", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name"}
-
-
-def client_for(tracking_uri: str):
-    """An MLflow client with bounded timeouts and retries (a user's own MLFLOW_HTTP_* settings win): every MLflow
-    call of a search goes through one of these."""
-    from mlflow.tracking import MlflowClient
-
-    for key, value in CLIENT_LIMITS.items():
-        os.environ.setdefault(key, value)
-    return MlflowClient(tracking_uri=tracking_uri)
 
 
 class MLflowTracker:
@@ -216,215 +201,3 @@ def gate_line(rung: str, gate: dict, threshold: float) -> str:
     if gate["open"]:
         return f"[spd-tune] gate at {rung} kimg open ({measured}): this rung may now stop trials"
     return f"[spd-tune] gate at {rung} kimg closed ({measured}): this rung stops no trial"
-
-
-def finish_search(tracking_uri: str, experiment: str, summary: str, champion: dict | None, optuna_url: str,
-                  front: list | None = None, metrics: dict[str, float] | None = None,
-                  files: list[Path] = (), tags: dict[str, str] | None = None) -> None:
-    """The parent run gets the study summary, the champion, the search's own metrics (rung trust, costs), its
-    ``tags`` (the spectrum fit's) and Optuna's plots (matplotlib PNGs); ``end_search_run`` ends it."""
-    try:
-        client = client_for(tracking_uri)
-        exp = client.get_experiment_by_name(experiment)
-        runs = client.search_runs([exp.experiment_id], filter_string="tags.`spd_tune.role` = 'search'", max_results=1)
-        if not runs:
-            return
-        parent = runs[0].info.run_id
-        for key, value in (tags or {}).items():
-            client.set_tag(parent, key, value)
-        if metrics:
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())])
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "summary.txt").write_text(summary + "\n")
-            client.log_artifact(parent, str(Path(tmp) / "summary.txt"))
-            if champion:
-                (Path(tmp) / "champion.json").write_text(json.dumps(champion, indent=2, default=str))
-                client.log_artifact(parent, str(Path(tmp) / "champion.json"))
-                client.set_tag(parent, "spd_tune.champion_trial", champion["trial_id"])
-            if front is not None:
-                (Path(tmp) / "pareto_front.json").write_text(json.dumps(front, indent=2, default=str))
-                client.log_artifact(parent, str(Path(tmp) / "pareto_front.json"))
-            for path in files:  # e.g. report.html
-                client.log_artifact(parent, str(path))
-            for path in _optuna_plots(optuna_url, experiment, Path(tmp)):
-                client.log_artifact(parent, str(path), artifact_path="optuna")
-    except Exception as err:
-        log.warning("MLflow search summary failed (%s: %s)", type(err).__name__, err)
-
-
-def _search_run(client, experiment: str):
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`spd_tune.role` = 'search'", max_results=1)
-    return runs[0] if runs else None
-
-
-def reopen_search_run(tracking_uri: str, experiment: str) -> None:
-    """--resume: the parent run that an interrupted search closed runs again (its trials' runs reopen when they
-    restart)."""
-    try:
-        client = client_for(tracking_uri)
-        run = _search_run(client, experiment)
-        if run is not None and run.data.tags.get(INTERRUPTED_TAG) == "true":
-            client.delete_tag(run.info.run_id, INTERRUPTED_TAG)
-            client.update_run(run.info.run_id, status="RUNNING")
-    except Exception as err:
-        log.warning("MLflow: reopening the search's run failed (%s: %s)", type(err).__name__, err)
-
-
-def end_search_run(tracking_uri: str, experiment: str) -> None:
-    """The parent run ends FINISHED: the search's last MLflow write, beside the champion's registration."""
-    try:
-        client = client_for(tracking_uri)
-        run = _search_run(client, experiment)
-        if run is not None:
-            client.set_terminated(run.info.run_id, "FINISHED")
-    except Exception as err:
-        log.warning("MLflow: ending the search's run failed (%s: %s)", type(err).__name__, err)
-
-
-def mark_interrupted(tracking_uri: str, experiment: str) -> int:
-    """An interrupted search's open runs (its parent, its running trials) end KILLED with the tag
-    ``spd_tune.interrupted``, so that the MLflow UI shows no run as RUNNING that is not; ``--resume`` reopens
-    them. Returns how many were closed."""
-    try:
-        client = client_for(tracking_uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            return 0
-        runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
-        for run in runs:
-            client.set_tag(run.info.run_id, INTERRUPTED_TAG, "true")
-            client.set_terminated(run.info.run_id, "KILLED")
-        return len(runs)
-    except Exception as err:
-        log.warning("MLflow: marking the interrupted runs failed (%s: %s)", type(err).__name__, err)
-        return 0
-
-
-def log_costs(tracking_uri: str, experiment: str, hours: dict[str, float], unit: str) -> None:
-    """Every trial's resource-hours on its own run (stopped and failed ones too): ``cost_hours`` and the tag
-    ``spd_tune.cost_unit`` (GPU or CPU)."""
-    try:
-        client = client_for(tracking_uri)
-        exp = client.get_experiment_by_name(experiment)
-        for trial_id, value in sorted(hours.items()):
-            run_id = trial_run_id(client, exp.experiment_id, trial_id)
-            if run_id:
-                client.log_metric(run_id, "cost_hours", float(value))
-                client.set_tag(run_id, "spd_tune.cost_unit", unit)
-    except Exception as err:
-        log.warning("MLflow costs failed (%s: %s)", type(err).__name__, err)
-
-
-def _optuna_plots(optuna_url: str, study_name: str, folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import warnings
-
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as ovm
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-    study = optuna.load_study(study_name=study_name, storage=optuna_url)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    out = []
-    if len(study.directions) > 1:  # the score against NFE
-        plots = [("pareto_front", lambda s: ovm.plot_pareto_front(s, target_names=["score", "nfe"]))]
-    else:
-        plots = [("history", ovm.plot_optimization_history), ("parallel_coordinates", ovm.plot_parallel_coordinate)]
-        if len(done) >= 2:
-            plots.append(("param_importances", ovm.plot_param_importances))
-    for name, plot in plots:
-        try:
-            ax = plot(study)
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            fig.set_size_inches(9, 5)
-            path = folder / f"{name}.png"
-            fig.savefig(path, dpi=100, bbox_inches="tight")
-            plt.close(fig)
-            out.append(path)
-        except Exception as err:  # e.g. too few trials for importances
-            log.info("optuna plot %s skipped: %s", name, err)
-    return out
-
-
-def close_orphan_runs(tracking_uri: str, experiment: str, known_trial_ids: set) -> int:
-    """Trial runs still RUNNING that the finished search does not hold were opened by a killed driver."""
-    try:
-        client = client_for(tracking_uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            return 0
-        closed = 0
-        for run in client.search_runs([exp.experiment_id], filter_string="tags.`spd_tune.role` = 'trial'"):
-            if run.info.status == "RUNNING" and run.data.tags.get("spd_tune.trial_id") not in known_trial_ids:
-                client.set_tag(run.info.run_id, "spd_tune.orphaned", "true")
-                client.set_terminated(run.info.run_id, "KILLED")
-                closed += 1
-        return closed
-    except Exception as err:
-        log.warning("MLflow reconciliation failed (%s: %s)", type(err).__name__, err)
-        return 0
-
-
-def trial_run_id(client, experiment_id: str, trial_id: str) -> str | None:
-    runs = client.search_runs([experiment_id], max_results=1, filter_string=f"tags.`spd_tune.trial_id` = '{trial_id}'")
-    return runs[0].info.run_id if runs else None
-
-
-def log_final_scores(tracking_uri: str, experiment: str, name: str, finalists: list[dict]) -> None:
-    """The final protocol's score on each finalist's run; after a post-hoc stage also its score at each of the
-    two points it was judged at (``<name>_plain``, ``<name>_posthoc``)."""
-    try:
-        client = client_for(tracking_uri)
-        exp = client.get_experiment_by_name(experiment)
-        for finalist in finalists:
-            run_id = trial_run_id(client, exp.experiment_id, finalist["trial_id"])
-            if run_id:
-                client.log_metric(run_id, name, float(finalist[name]))
-                if finalist.get("final"):
-                    client.log_metric(run_id, f"{name}_std", float(finalist["final"]["std"]))
-                for point in ("plain", "posthoc"):
-                    if point in finalist:
-                        client.log_metric(run_id, f"{name}_{point}", float(finalist[point][name]))
-    except Exception as err:
-        log.warning("MLflow final scores failed (%s: %s)", type(err).__name__, err)
-
-
-def log_posthoc(tracking_uri: str, experiment: str, metric: str, studies: dict[str, list[dict]], front_file: Path,
-                front_plot: Path | None) -> None:
-    """Each finalist's post-hoc evaluations on its own run (``posthoc_<metric>`` with the post-hoc trial number as
-    the step, and ``posthoc.json``), and the NFE front on the parent (``posthoc/front.json``, ``front.png``).
-    Idempotent: a resumed stage logs only the steps not logged yet."""
-    from mlflow.entities import Metric
-
-    try:
-        client = client_for(tracking_uri)
-        exp = client.get_experiment_by_name(experiment)
-        key = f"posthoc_{metric}"
-        now = int(time.time() * 1000)
-        for trial_id, rows in studies.items():
-            run_id = trial_run_id(client, exp.experiment_id, trial_id)
-            if run_id is None:
-                continue
-            logged = {m.step for m in client.get_metric_history(run_id, key)}
-            client.log_batch(run_id, metrics=[Metric(key, float(r["score"]), now, int(r["trial"])) for r in rows
-                                              if int(r["trial"]) not in logged and "score" in r])
-            with tempfile.TemporaryDirectory() as tmp:
-                (Path(tmp) / "posthoc.json").write_text(json.dumps(rows, indent=2))
-                client.log_artifact(run_id, str(Path(tmp) / "posthoc.json"))
-        parent = client.search_runs([exp.experiment_id], filter_string="tags.`spd_tune.role` = 'search'",
-                                    max_results=1)
-        if parent:
-            for path in filter(None, (front_file, front_plot)):
-                client.log_artifact(parent[0].info.run_id, str(path), artifact_path="posthoc")
-    except Exception as err:
-        log.warning("MLflow post-hoc results failed (%s: %s)", type(err).__name__, err)

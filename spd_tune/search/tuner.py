@@ -7,7 +7,6 @@ child run: the three records of a trial join on it, and a resumed search finds i
 
 from __future__ import annotations
 
-import optuna
 from ray import tune
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler
@@ -20,8 +19,8 @@ from .plan import Layout
 from .schedulers import GATE_STATE_FILE, GatedASHA, PersistentASHA
 from .searcher import BudgetLimiter, StudySearcher
 from .space import Space
-from .tracking import MLflowCallback, close_orphan_runs
-from .trials import TrialRecord, trial_run_name
+from .tracking import MLflowCallback
+from .trials import trial_run_name
 
 ASHA_STATE_FILE = "asha_state.json"  # beside the Optuna study: the rungs a resumed search stops trials on
 
@@ -96,19 +95,3 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool,
                                       gate_file=str(layout.root / GATE_STATE_FILE)), StopOnSignal()],
             failure_config=tune.FailureConfig(max_failures=1)),
     )
-
-
-def reconcile(space: Space, layout: Layout, records: list[TrialRecord]) -> int:
-    """After the search, close what a killed driver left open: Optuna trials still RUNNING become FAIL and
-    MLflow runs of trials this search does not hold are marked KILLED, each tagged as orphaned. Returns how many."""
-    orphans = 0
-    storage = optuna.storages.RDBStorage(layout.optuna_url)
-    study = optuna.load_study(study_name=space.train.name, storage=storage)
-    study_id = storage.get_study_id_from_name(space.train.name)
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        internal = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_user_attr(internal, "spd_tune.orphaned", True)
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        orphans += 1
-    known = {r.trial_id for r in records if r.trial_id}
-    return orphans + close_orphan_runs(layout.tracking_uri, space.train.name, known)

@@ -1,6 +1,7 @@
-"""One self-contained report of a finished search: ``<output>/<space>/report.html``, also on the parent MLflow run.
+"""Stage 7, report: one self-contained report of a finished search, ``<output>/<space>/report.html`` (the record
+stage logs it on the parent MLflow run), and the post-hoc front's plot ``posthoc/front.png``.
 
-It renders what search/results, trust and costs computed: the trial table, the metric curves, rung trust, the
+It renders what the summary stage computed: the trial table, the metric curves, rung trust, the
 score-against-NFE front, parameter importances, the champion's and the baseline's samples, the costs and the lines
 that reproduce the champion. Every figure is a PNG embedded as a data URI; nothing points to the network, so the
 file opens anywhere, offline.
@@ -15,13 +16,41 @@ import json
 import math
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from .fit import describe_fit
-from .results import final_metric_name
-from .space import Space
-from .trials import TrialRecord
-from .trust import rung_table
+from ..fit import describe_fit
+from ..front import plot_front
+from ..results import final_metric_name
+from ..space import Space
+from ..trials import TrialRecord
+from ..trust import rung_table
+from .finalists import Finalists
+from .posthoc import PosthocResult
+from .summary import FRONT_FILE, Summary
+
+REPORT_FILE = "report.html"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    html: Path
+    front_png: Path | None  # the post-hoc evaluations against NFE, when the stage ran
+
+
+def render(space: Space, root: Path, finalists: Finalists, posthoc: PosthocResult, summary: Summary, *,
+           optuna_url: str, argv: list[str] | None, gate: dict | None) -> Rendered:
+    """report.html and, after a post-hoc stage, posthoc/front.png, under the search's folder ``root``."""
+    front_png = None
+    if posthoc.ran:
+        (root / FRONT_FILE).parent.mkdir(parents=True, exist_ok=True)
+        front_png = plot_front(list(posthoc.points), list(posthoc.front), space.metric,
+                               (root / FRONT_FILE).with_suffix(".png"))
+    page = write_report(root / REPORT_FILE, space, list(finalists.records), dict(summary.document),
+                        lines=list(summary.lines), costs=summary.costs, spent=summary.spent, trust=summary.trust,
+                        plain=dict(summary.plain), optuna_url=optuna_url, argv=argv, front_png=front_png, gate=gate,
+                        spectrum=space.fit)
+    return Rendered(page, front_png)
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
