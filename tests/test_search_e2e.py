@@ -334,20 +334,24 @@ def test_a_budget_stops_launching_trials_and_resume_keeps_what_was_spent(ray_clu
              "search.posthoc.enabled=false", f"train.data.cache_dir={tmp_path / 'cache'}"]
     args = ["demo", "--output", str(tmp_path), "--budget-hours", str(budget)]
     args += [arg for item in items for arg in ("--set", item)]
-    assert main(args) == 0
+    assert main([*args, "--resume", "auto"]) == 0  # --resume auto with nothing there starts the search
     root = tmp_path / "demo"
 
     def trials():
         return optuna.load_study(study_name="demo", storage=f"sqlite:///{root / 'optuna.db'}").trials
 
     assert len(trials()) == 1
-    assert "no new trials" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no new trials" in out and f"--resume auto: no search yet; starting one under {root}" in out
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
     first = next(r for r in runs if r.data.tags.get("spd_tune.role") == "trial")
     assert first.data.metrics["cost_hours"] > budget  # what stopped the second trial
     assert main([*args, "--resume"]) == 0
     assert len(trials()) == 1  # the spent hours came back with the searcher's state: still no new trial
+    assert main([*args, "--resume", "auto"]) == 0  # as a RayJob's retry runs it: the search is there, and finished
+    out = capsys.readouterr().out
+    assert f"--resume auto: continuing the search under {root}" in out and "has finished" in out
 
 
 def test_the_report_is_one_self_contained_html_file(finished_search):

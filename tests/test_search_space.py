@@ -239,3 +239,22 @@ def test_a_bad_around_fit_is_refused_before_the_data_is_read(tmp_path, spec, mes
     sets = ["train.data.name=folder", f"train.data.root={tmp_path / 'nowhere'}", f"search.params.m={spec}"]
     with pytest.raises(ConfigError, match=message):
         load_space("demo", sets)
+
+
+@pytest.mark.parametrize("argv, space, resume", [
+    (["demo", "--resume"], "demo", "yes"),
+    (["--resume", "demo"], "demo", "yes"),  # a bare --resume never takes the space's name as its value
+    (["demo", "--resume", "auto"], "demo", "auto"),
+    (["--resume", "auto", "demo"], "demo", "auto"),
+    (["demo", "--resume=auto"], "demo", "auto"),
+    (["demo"], "demo", None),
+])
+def test_resume_takes_an_optional_auto(argv, space, resume, capsys):
+    from spd_tune.search.__main__ import parse
+
+    args = parse(argv)
+    assert (args.space, args.resume) == (space, resume)
+    with pytest.raises(SystemExit) as exited:
+        parse(["demo", "--resume=sometimes"])
+    assert exited.value.code == 2
+    assert "--resume takes nothing or 'auto', not 'sometimes'" in capsys.readouterr().err

@@ -36,7 +36,7 @@ from .preflight import check_optuna_url, check_study_exists, check_tracking_uri
 from .space import SPACE_FILE, Space, load_space, posthoc_protocol, space_record
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> Parser:
     p = Parser(prog="python -m spd_tune.search", description=__doc__.split("\n\n")[0])
     p.add_argument("space", help="cifar10, imagenet64, demo, or a path to a space YAML")
     p.add_argument("--trials", type=int)
@@ -53,14 +53,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--optuna-storage", help="the Optuna study's database URL (default: SQLite under --output)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under --output)")
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    p.add_argument("--resume", nargs="?", const="yes", default=None, metavar="auto",
+                   help="continue an interrupted search; --resume auto continues the search if it exists and starts "
+                        "it if not (what a RayJob retry or a requeued SLURM job runs)")
     p.add_argument("--dry-run", action="store_true", help="print the space, the resource plan and the paths; exit")
     p.add_argument("--verbose", action="store_true", help="print Ray's and the workers' output here instead of "
                    "<output>/<space>/ray.log")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any key of the space file, e.g. train.optim.warmup_kimg=1 or search.trials=20")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line; a bare ``--resume`` goes last, so that it never takes the space's name as its value."""
+    p = parser()
+    args = p.parse_args(_resume_last(argv))
+    if args.resume not in (None, "yes", "auto"):
+        p.error(f"--resume takes nothing or 'auto', not {args.resume!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
+    args = parse(argv)
     sets = list(args.set)
     if args.trials is not None:
         sets.append(f"search.trials={args.trials}")
@@ -95,6 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _resume_last(argv: list[str]) -> list[str]:
+    """``--resume`` takes an optional ``auto``: a bare --resume goes last, so that it never takes the space's name
+    as its value (``--resume cifar10``)."""
+    out, rest = [], []
+    for i, arg in enumerate(argv):
+        bare = arg == "--resume" and (i + 1 == len(argv) or argv[i + 1] != "auto")
+        (rest if bare else out).append(arg)
+    return out + rest
+
+
 def _record_interruption(found: dict) -> None:
     """MLflow shows the interrupted search's open runs as KILLED (tagged), unless the search had finished; then
     the driver leaves Ray, so that the trials' last words stay in ray.log."""
@@ -114,10 +139,43 @@ def _after_interrupt(found: dict, argv: list[str]) -> str:
     """What the interrupted-search line says the user can do."""
     if found.get("finished"):
         return "the search had already finished; there is nothing to continue"
-    command = shlex.join(["python", "-m", "spd_tune.search", *[a for a in argv if a != "--resume"], "--resume"])
-    if "layout" not in found and "--resume" not in argv:
+    command = shlex.join(["python", "-m", "spd_tune.search", *_without_resume(argv), "--resume"])
+    if "layout" not in found and not any(a == "--resume" or a.startswith("--resume=") for a in argv):
         return f"the search had not started; nothing was recorded ({command} is not needed)"
     return f"continue with {command}"
+
+
+def _without_resume(argv: list[str]) -> list[str]:
+    out = []
+    for i, arg in enumerate(argv):
+        if arg in ("--resume", "--resume=auto") or (arg == "auto" and i and argv[i - 1] == "--resume"):
+            continue
+        out.append(arg)
+    return out
+
+
+def _finished_or_checked(args: argparse.Namespace, layout: Layout, name: str, found: dict) -> bool:
+    """Settle ``--resume`` (auto: resume what is there, start what is not) against what the output holds; True
+    when the search has finished already and there is nothing to do."""
+    auto = args.resume == "auto"
+    if auto:
+        args.resume = "yes" if search_exists(layout) else None
+        print(f"--resume auto: {'continuing the search' if args.resume else 'no search yet; starting one'} under "
+              f"{layout.root}", flush=True)
+    done = finished_search(layout) if args.resume else None
+    if done is not None:
+        found["finished"] = True
+        print(f"--resume: the search under {layout.root} has finished (champion: trial {done['champion']}, "
+              f"{done.get('model') or 'not registered'}); nothing to do")
+        return True
+    exists = search_exists(layout)
+    # auto: a driver killed before Tune saved its first state left only the study, which the new search continues
+    if not args.resume and (exists or ((layout.root / "optuna.db").exists() and not auto)):
+        raise ConfigError(f"{layout.root} already holds a search named {name!r}: continue it with "
+                          f"--resume, or start a new one with another --output (nothing was changed)")
+    if args.resume and not exists:
+        raise ConfigError(f"--resume: no search to resume under {layout.experiment_dir}")
+    return False
 
 
 def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: contextlib.ExitStack,
@@ -129,18 +187,8 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
         print(describe(space, layout))
         return 0
     check_storage_path(layout.storage.path)
-    done = finished_search(layout) if args.resume else None
-    if done is not None:
-        found["finished"] = True
-        print(f"--resume: the search under {layout.root} has finished (champion: trial {done['champion']}, "
-              f"{done.get('model') or 'not registered'}); nothing to do")
+    if _finished_or_checked(args, layout, space.train.name, found):
         return 0
-    exists = search_exists(layout)
-    if not args.resume and (exists or (layout.root / "optuna.db").exists()):
-        raise ConfigError(f"{layout.root} already holds a search named {space.train.name!r}: continue it with "
-                          f"--resume, or start a new one with another --output (nothing was changed)")
-    if args.resume and not exists:
-        raise ConfigError(f"--resume: no search to resume under {layout.experiment_dir}")
     check_tracking_uri(layout.tracking_uri)
     check_optuna_url(layout.optuna_url)
     if args.resume:
