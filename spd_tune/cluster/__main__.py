@@ -1,6 +1,10 @@
-"""``python -m spd_tune.cluster FILE ...``: check cluster launcher configs offline (alias: spd_tune.cluster_config)."""
+"""``python -m spd_tune.cluster check FILE... [--crd PATH]...``: check launcher YAMLs, KubeRay manifests and sbatch
+scripts offline. ``python -m spd_tune.cluster FILE ...`` (alias: spd_tune.cluster_config) checks launcher YAMLs."""
 
-from .launcher import main
+import sys
+
+from . import check, launcher
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    argv = sys.argv[1:]
+    raise SystemExit(check.main(argv[1:]) if argv[:1] == ["check"] else launcher.main(argv))
