@@ -31,8 +31,9 @@ def load_crd_schema(path: str | Path) -> tuple[str, dict]:
 
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
+        text = path.read_text()
+        doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)  # JSON: much faster
+    except (OSError, ValueError, yaml.YAMLError) as err:
         raise ConfigError(f"--crd {path}: cannot be read ({first_line(err)})") from None
     if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
         versions = {v.get("name"): v for v in doc.get("spec", {}).get("versions", [])}
@@ -47,16 +48,21 @@ def load_crd_schema(path: str | Path) -> tuple[str, dict]:
     raise ConfigError(f"--crd {path}: neither a RayJob/RayCluster CRD nor its openAPIV3Schema")
 
 
-def as_api_server_judges(schema: dict) -> dict:
+def as_api_server_judges(schema):
     """The schema with the two adjustments a JSON-schema validator needs on the schema's side: a required key
     that has a default is filled in by the API server, and unknown fields are refused (strict decoding)."""
+    if isinstance(schema, list):
+        return [as_api_server_judges(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: (as_api_server_judges(v) if isinstance(v, dict) else
-               [as_api_server_judges(i) for i in v] if isinstance(v, list) else v) for k, v in schema.items()}
+    out = {}
+    for key, value in schema.items():
+        if key == "properties" and isinstance(value, dict):  # names -> schemas, not a schema itself
+            out[key] = {name: as_api_server_judges(sub) for name, sub in value.items()}
+        else:
+            out[key] = as_api_server_judges(value)
     props = out.get("properties")
     if isinstance(props, dict):
-        out["properties"] = {k: as_api_server_judges(v) for k, v in props.items()}
         if "required" in out:
             out["required"] = [k for k in out["required"] if "default" not in props.get(k, {})]
         if "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
