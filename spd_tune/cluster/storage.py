@@ -40,6 +40,15 @@ class Storage:
         return cls(path, shared)
 
 
+def join_storage(base: str, *parts: str) -> str:
+    """A path under ``base``, for local paths and bucket URIs alike; a URI's query string (pyarrow's options, e.g.
+    ``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``) stays at the end, where Ray and pyarrow read
+    it."""
+    path, query = (base.split("?", 1) + [""])[:2] if "://" in base else (base, "")
+    joined = "/".join([path.rstrip("/"), *(p.strip("/") for p in parts)])
+    return f"{joined}?{query}" if query else joined
+
+
 def check_local_dir(path: str | Path, what: str) -> None:
     """``path`` exists as a writable folder, or can be created: its nearest existing ancestor is one."""
     path = Path(path).expanduser().resolve()

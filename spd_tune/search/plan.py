@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from ..cluster import Storage, check_fits
+from ..cluster import Storage, check_fits, join_storage
 from ..errors import ConfigError
 from ..fsutil import atomic_path
 from .space import Space
@@ -40,7 +40,7 @@ class Layout:
 
     def under_storage(self, *parts: str) -> str:
         """A path under the storage root, for local paths and bucket URIs alike."""
-        return "/".join([self.storage.path.rstrip("/"), *parts])
+        return join_storage(self.storage.path, *parts)
 
     @property
     def experiment_dir(self) -> str:

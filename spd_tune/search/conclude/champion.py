@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...cluster import join_storage
 from ...core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ...posthoc import RunFiles, averaged_weights
 from ...train.averaging import SNAPSHOT_DIR
@@ -44,7 +45,7 @@ def crown(root: Path, final: FinalResult, posthoc_ran: bool) -> Champion | None:
         pick = judged.pick
         choices = {"ema": dict(pick.ema), "sampling": dict(pick.sampling)}
         if pick.point.sigma_rel is not None:  # rebuilt from the snapshots at the last one, as the evaluation did
-            with local_folder(f"{judged.finalist.run_path}/{SNAPSHOT_DIR}") as snapshots:
+            with local_folder(join_storage(judged.finalist.run_path, SNAPSHOT_DIR)) as snapshots:
                 weights, step = averaged_weights(RunFiles(target / CHECKPOINT_FILE, snapshots), pick.point.sigma_rel)
             choices.update(step=step, kimg=judged.finalist.cfg.kimg_at(step))  # the weights' own training point
     export_weights(target, weights, choices)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import ray
 
+from ...cluster import join_storage
 from ...posthoc import PosthocPoint, RunFiles, evaluate_point
 from ...train.averaging import SNAPSHOT_DIR
 from ...train.config import TrainConfig
@@ -47,7 +48,7 @@ def _score(cfg_dict: dict, run_path: str, checkpoint, job: Job) -> dict:
         ckpt = files.enter_context(local_folder(checkpoint)) / CHECKPOINT_FILE
         snapshots = None
         if job.point.sigma_rel is not None:
-            snapshots = files.enter_context(local_folder(f"{run_path.rstrip('/')}/{SNAPSHOT_DIR}"))
+            snapshots = files.enter_context(local_folder(join_storage(run_path, SNAPSHOT_DIR)))
         result = evaluate_point(cfg, RunFiles(ckpt, snapshots), job.point, samples=job.samples, seed=job.seed,
                                 device=device)
     return {**result, "seconds": time.monotonic() - started}  # the task's wall time, for the search's cost

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ...cluster import remove_folder
+from ...cluster import join_storage, remove_folder
 from ...core.samplers import uses_eta
 from ...train.averaging import SNAPSHOT_DIR
 from ..front import nondominated, posthoc_points
@@ -82,7 +82,7 @@ def drop_snapshots(run_paths: Mapping[str, str], finalists: tuple[Finalist, ...]
     keep = {f.trial_id for f in finalists}
     dropped = []
     for trial_id, run_path in sorted(run_paths.items()):
-        if trial_id not in keep and remove_folder(f"{run_path.rstrip('/')}/{SNAPSHOT_DIR}"):
+        if trial_id not in keep and remove_folder(join_storage(run_path, SNAPSHOT_DIR)):
             dropped.append(trial_id)
     return dropped
 
