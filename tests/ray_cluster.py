@@ -28,6 +28,10 @@ TEST_ENV = {
     "RAY_DEDUP_LOGS": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
     "OMP_NUM_THREADS": "1",
+    # moto's fake credentials, so that every Ray process can reach the loopback S3 server of
+    # tests/test_object_storage.py (its endpoint is in the bucket URI); nothing else reads them
+    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
 }
 
 

@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 
 from spd_tune.checkpoint import load_checkpoint
 from spd_tune.search.__main__ import main
-from study_db import count
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -214,51 +213,6 @@ def test_posthoc_stage_contract(finished_search):
     for trial_id in by_trial:
         if trial_id:
             assert (root / "ray" / f"train-{trial_id}" / "ema").is_dir() == (trial_id in finalists), trial_id
-
-
-def _told_posthoc_trials(db) -> int:
-    return count(db, "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE study_name LIKE "
-                      "'demo/posthoc/%' AND state IN ('COMPLETE', 'FAIL')")
-
-
-def test_resume_during_the_posthoc_stage(ray_cluster, tmp_path):
-    """A driver killed between post-hoc evaluations: --resume continues the studies from their storage, with no
-    evaluation repeated and no finalist skipped."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    evaluations = 4
-    items = [*TINY[:-1], "search.trials=2", "search.asha.grace_kimg=0.64", f"search.posthoc.evaluations={evaluations}",
-             "search.posthoc.batch=1", "search.posthoc.k_min=20", "search.posthoc.k_max=40",
-             "search.posthoc.samples=48", "search.posthoc.seed=3000000", "search.final.seeds=1",
-             f"train.data.cache_dir={tmp_path / 'cache'}"]
-    args = [sys.executable, "-m", "spd_tune.search", "demo", "--output", str(tmp_path)]
-    args += [arg for item in items for arg in ("--set", item)]
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
-    root = tmp_path / "demo"
-    _kill_when(args, env, tmp_path / "first.log", lambda: _told_posthoc_trials(root / "optuna.db") >= 1, 0.2)
-    told_before = _told_posthoc_trials(root / "optuna.db")
-    assert 1 <= told_before < 2 * evaluations
-    time.sleep(3)
-    resumed = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
-    (tmp_path / "resumed.log").write_text(resumed.stdout + resumed.stderr)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    studies = _posthoc_studies(root / "optuna.db")
-    assert len(studies) == 2  # no finalist skipped
-    for study in studies.values():
-        states = [t.state for t in study.trials]
-        assert states.count(optuna.trial.TrialState.COMPLETE) == evaluations, states  # none repeated or lost
-        assert optuna.trial.TrialState.RUNNING not in states
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
-    for run in runs:
-        if run.data.tags.get("spd_tune.trial_id") in studies:
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, "posthoc_proxy_fd64")]
-            assert sorted(steps) == list(range(evaluations)), steps  # each evaluation logged once
-    info = json.loads((root / "best" / "champion.json").read_text())
-    assert {"ema", "sampling"} <= set(info)
 
 
 def test_a_baseline_outside_the_top_k_is_still_a_finalist(ray_cluster, tmp_path):

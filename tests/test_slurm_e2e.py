@@ -36,7 +36,7 @@ SCONTROL = """#!/bin/bash
 TINY = [
     "train.data.demo_count=256", "train.batch=16", "train.total_kimg=0.32", "train.eval.samples=16",
     "train.eval.sampler_steps=4", "train.eval.ref_count=32", "train.eval.grid=4", "train.log_every_s=1000",
-    "search.asha.grace_kimg=0.32", "search.asha.max_kimg=0.32", "search.trials=2", "search.final.top_k=1",
+    "search.asha.grace_kimg=0.32", "search.asha.max_kimg=0.32", "search.trials=1", "search.final.top_k=1",
     "search.final.samples=16", "search.final.sampler_steps=4", "search.final.seeds=1", "search.posthoc.enabled=false",
 ]
 
