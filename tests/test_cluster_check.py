@@ -110,7 +110,8 @@ def test_the_rayjob_is_what_a_search_needs():
     head = cluster["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0" and "train_driver" in head["rayStartParams"]["resources"]
     pod = head["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] >= 60
+    assert pod["terminationGracePeriodSeconds"] >= 60  # with the hook below, the search stops as when interrupted
+    assert "kill -TERM" in " ".join(pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"])
     memory = pod["containers"][0]["resources"]["limits"]["memory"]
     assert memory.endswith("Gi") and int(memory[:-2]) >= 8
     env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
@@ -183,3 +184,13 @@ def test_check_prints_one_line_per_file_with_the_first_problem(tmp_path, capsys)
     assert "no such file" in captured.err and captured.out.startswith(f"ok {SBATCH}")
     assert check.main([str(RAYJOB), "--crd", str(tmp_path / "job.yaml")]) == 2
     assert "neither a RayJob/RayCluster CRD" in capsys.readouterr().err
+
+
+def test_the_image_is_built_on_the_pinned_ray_and_python():
+    import sys
+
+    dockerfile = (ROOT / "cluster" / "k8s" / "Dockerfile").read_text()
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    assert f"FROM rayproject/ray:{ray.__version__}-{python}-gpu" in dockerfile
+    tag = f"spd-tune:{ray.__version__}-{python}-gpu"
+    assert tag in dockerfile and tag in RAYJOB.read_text() and tag in RAYCLUSTER.read_text()
