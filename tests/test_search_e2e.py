@@ -215,29 +215,6 @@ def test_posthoc_stage_contract(finished_search):
             assert (root / "ray" / f"train-{trial_id}" / "ema").is_dir() == (trial_id in finalists), trial_id
 
 
-def test_a_baseline_outside_the_top_k_is_still_a_finalist(ray_cluster, tmp_path):
-    """The space's first trial (the paper's point) is always scored by the final protocol, so the champion is
-    stated against it, even when its rung scores put it last (here: a learning rate that trains nothing)."""
-    items = [*TINY[:-1], "search.trials=3", "search.final.top_k=1", "search.final.seeds=2",
-             "search.posthoc.enabled=false", "train.optim.lr=1e-7", "search.params.lr.low=1e-7",
-             "search.params.lr.high=5e-3", f"train.data.cache_dir={tmp_path / 'cache'}"]
-    args = ["demo", "--output", str(tmp_path)] + [arg for item in items for arg in ("--set", item)]
-    assert main(args) == 0
-    root = tmp_path / "demo"
-    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{root / 'optuna.db'}")
-    assert study.trials[0].params["lr"] == 1e-7
-    info = json.loads((root / "best" / "champion.json").read_text())
-    by_rung = sorted(info["finalists"], key=lambda f: f["proxy_fd64"])
-    baseline = [f for f in info["finalists"] if f["baseline"]]
-    assert len(baseline) == 1 and baseline[0]["params"]["lr"] == 1e-7
-    assert len(info["finalists"]) == 2 and by_rung[-1]["baseline"]  # top 1 by rung score, then the baseline
-    assert info["baseline"]["trial"] == baseline[0]["trial_id"] and len(baseline[0]["final"]["values"]) == 2
-    assert info["trial_id"] != baseline[0]["trial_id"] and info["vs_baseline"]["delta"] < 0
-    # search.posthoc.enabled: false is the search without the stage: no post-hoc study, no chosen sampling
-    assert not _posthoc_studies(root / "optuna.db")
-    assert not {"ema", "sampling"} & set(info)
-
-
 def test_rung_trust_and_costs_are_logged_and_agree_with_scipy(finished_search):
     """The parent run's trust_* metrics are scipy's Spearman over the trial table in MLflow, and every trial's
     cost is on its own run, adding up to the parent's total."""
@@ -356,14 +333,16 @@ def test_the_report_is_one_self_contained_html_file(finished_search):
     assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
-def test_a_search_on_a_folder_of_images_is_centred_on_their_spectrum(ray_cluster, tmp_path):
-    """search_spaces/folder.yaml end to end on generated PNGs given with --data-dir: the fit runs on the driver,
-    the first trial uses it, every trial stays in the fitted ranges, and the parent run keeps the fit."""
+@pytest.fixture(scope="module")
+def folder_search(ray_cluster, tmp_path_factory):
+    """search_spaces/folder.yaml end to end on generated PNGs given with --data-dir, without the post-hoc stage;
+    its first trial, the space's own point (the fit's m and c1), has a learning rate that trains nothing."""
     import torch
     from torchvision.utils import save_image
 
     from spd_tune.data.dead_leaves import cached_dead_leaves
 
+    tmp_path = tmp_path_factory.mktemp("folder")
     folder = tmp_path / "my_images"
     folder.mkdir()
     for i, image in enumerate(cached_dead_leaves(96, 16, seed=7, cache_dir=str(tmp_path / "gen"))):
@@ -372,13 +351,19 @@ def test_a_search_on_a_folder_of_images_is_centred_on_their_spectrum(ray_cluster
              "train.process.steps=100", "train.eval.features={dims: 64, weights: random}", "train.eval.ref_count=64",
              "train.resources={workers: 1, cpus_per_worker: 1}", "train.ema.snapshot_kimg=0",
              "search.params.T={path: process.steps, type: int, low: 50, high: 200, log: true}",
-             "search.params.lr={path: optim.lr, type: float, low: 1e-3, high: 3e-3, log: true}",
-             "train.optim.lr=2e-3", "train.optim.warmup_kimg=0", "search.trials=2", "search.final.top_k=1",
-             "search.final.seeds=1", "search.posthoc.enabled=false"]
+             "search.params.lr={path: optim.lr, type: float, low: 1e-7, high: 5e-3, log: true}",
+             "train.optim.lr=1e-7", "train.optim.warmup_kimg=0", "search.trials=3", "search.final.top_k=1",
+             "search.final.seeds=2", "search.posthoc.enabled=false"]
     args = ["folder", "--data-dir", str(folder), "--output", str(tmp_path)]
     args += [arg for item in items for arg in ("--set", item)]
     assert main(args) == 0
-    root = tmp_path / "folder"
+    return tmp_path / "folder"
+
+
+def test_a_search_on_a_folder_of_images_is_centred_on_their_spectrum(folder_search):
+    """The fit runs on the driver, the first trial uses it, every trial stays in the fitted ranges, and the parent
+    run keeps the fit."""
+    root = folder_search
     fit = json.loads((root / "spectrum_fit.json").read_text())
     assert fit["images"] == 96 and fit["fit"]["c2"] == 1.0
     study = optuna.load_study(study_name="folder", storage=f"sqlite:///{root / 'optuna.db'}")
@@ -404,6 +389,28 @@ def test_a_search_on_a_folder_of_images_is_centred_on_their_spectrum(ray_cluster
     assert "The data&#x27;s spectrum" in report or "The data's spectrum" in report
     if fit["fit"]["misfit"]:
         assert "a single power law fits this data poorly" in report
+
+
+
+def test_a_baseline_outside_the_top_k_is_still_a_finalist(folder_search):
+    """The space's first trial (its own point) is always scored by the final protocol, so the champion is
+    stated against it, even when its rung scores put it last (here: a learning rate that trains nothing)."""
+    root = folder_search
+    study = optuna.load_study(study_name="folder", storage=f"sqlite:///{root / 'optuna.db'}")
+    assert study.trials[0].params["lr"] == 1e-7
+    info = json.loads((root / "best" / "champion.json").read_text())
+    by_rung = sorted(info["finalists"], key=lambda f: f["proxy_fd64"])
+    baseline = [f for f in info["finalists"] if f["baseline"]]
+    assert len(baseline) == 1 and baseline[0]["params"]["lr"] == 1e-7
+    assert len(info["finalists"]) == 2 and by_rung[-1]["baseline"]  # top 1 by rung score, then the baseline
+    assert info["baseline"]["trial"] == baseline[0]["trial_id"] and len(baseline[0]["final"]["values"]) == 2
+    assert info["trial_id"] != baseline[0]["trial_id"] and info["vs_baseline"]["delta"] < 0
+    # search.posthoc.enabled: false is the search without the stage: no post-hoc study, no chosen sampling
+    assert not _posthoc_studies(root / "optuna.db")
+    assert not {"ema", "sampling"} & set(info)
+    # its final scores were kept in the search's own study as they came, for --resume
+    attrs = optuna.load_study(study_name="folder", storage=f"sqlite:///{root / 'optuna.db'}").user_attrs
+    assert {f"spd_tune.final.{f['trial_id']}" for f in info["finalists"]} <= set(attrs)
 
 
 def test_a_finished_search_becomes_a_curve_table(finished_search, tmp_path):
