@@ -64,7 +64,7 @@ def resolve_sampler(saved: dict, sampler: str | None, steps: int | None, eta: fl
 
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m spd_tune.sample", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a model file: a search's best/model.pt, or a run's checkpoint.pt")
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps K (default: the checkpoint's saved sampling, else all T)")
@@ -73,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM noise, 0: deterministic (default: the checkpoint's saved sampling, else 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=256, help="images per network call (default: 256)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda, cuda:N or cpu (default: cuda when this machine has a GPU, else cpu)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the network")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path,
+                   help="the .npz to write: uint8 images (N, H, W, C) under 'images', and the sampling used")
     args = p.parse_args(argv)
     return run_main(lambda: _write_samples(args), also=(ValueError,))
 

@@ -109,6 +109,10 @@ def read_document(path: Path) -> dict:
     try:
         text = path.read_text()
         doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:  # where the parser stopped, and why
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"cannot read {path}: {where}{err.problem or err.context}") from None
     except (OSError, ValueError, yaml.YAMLError) as err:
         raise ConfigError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(doc, dict):

@@ -160,6 +160,7 @@ def test_the_posthoc_stage_then_the_final_protocol_at_two_points(tmp_path):
         assert j.chosen == min(j.scored, key=lambda n: j.scored[n].mean)
         assert j.stage_seconds == pytest.approx(1.5 * (3 + 2 * len({s.point for s in j.scored.values()})))
     assert sum(line.startswith("final protocol, trial ") for line in said) == 3
+    assert optuna.load_study(study_name="demo/posthoc/t1", storage=url).metric_names == ["proxy_fd64"]
     stored = optuna.load_study(study_name="demo/posthoc/t1", storage=url).user_attrs[final.FINAL_ATTR]
     assert set(stored) == {"plain", "posthoc"}  # kept in the finalist's post-hoc study, as --resume reads it
 
@@ -176,7 +177,11 @@ def test_champion_summary_report_and_record(stage_one, tmp_path):
     summed = summary.summarise(space, root, chosen, posthoc.NOT_RUN, result, winner)
     doc = summed.document
     assert set(doc) == {"trial_id", "proxy_fd64", "checkpoint", "params", "baseline", "final_proxy_fd64", "final",
-                        "final_seconds", "runner_up", "vs_baseline", "best_dir", "finalists"}
+                        "final_seconds", "runner_up", "vs_runner_up", "vs_baseline", "best_dir", "finalists"}
+    # one rule for every comparison: twice the standard error of the difference (here t2 is 0.5 worse: separated)
+    assert doc["vs_runner_up"]["significant"] and doc["vs_runner_up"]["delta"] == pytest.approx(-0.5, abs=0.01)
+    assert any(line.startswith("against the runner-up, trial t2 (") and line.endswith(
+        "better than the runner-up at twice the standard error.") for line in summed.lines)
     assert doc["baseline"]["trial"] == "t0" and doc["vs_baseline"]["delta"] == pytest.approx(-1.0, abs=0.01)
     assert doc["runner_up"]["trial_id"] == "t2" and summed.front is None
     assert summed.costs["t1"]["stage_hours"] == pytest.approx(2 * 1.5 / 3600)  # one CPU per worker
@@ -200,6 +205,8 @@ def test_champion_summary_report_and_record(stage_one, tmp_path):
     assert model == "spd-tune-demo@champion (version 1)"
     assert json.loads((root / "best" / record.INFO_FILE).read_text())["model"] == model
     assert finished_search(layout)["champion"] == "t1"
+    told = optuna.load_study(study_name="demo", storage=layout.optuna_url).user_attrs[record.CHAMPION_ATTR]
+    assert told["trial_id"] == "t1" and told["final_mean"] == doc["final"]["mean"] and told["sampling"] is None
     assert client.get_run(tracker.parent_id).info.status == "FINISHED"
 
 

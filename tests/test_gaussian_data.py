@@ -9,15 +9,13 @@ import torch
 
 from spd_tune.core.samplers import SamplerConfig, sample
 from spd_tune.core.schedule import SPDSchedule, fourier_filter
-from spd_tune.data import load_images, to_uint8
+from spd_tune.data import DataConfig, load_images, to_uint8
 from spd_tune.data.gaussian_fields import field_c1, true_log_power
-from spd_tune.data import DataConfig
 from spd_tune.data.spectrum import fit_data
 from spd_tune.errors import DataError
 from spd_tune.fid import frechet_distance
 from spd_tune.fid.spectral import SpectralStats, gauss_fd, stationary_frechet
-from spd_tune.train.config import load_train_config
-from spd_tune.train.config import expected_metric_name
+from spd_tune.train.config import expected_metric_name, load_train_config
 
 
 def test_the_stored_fields_have_the_asked_spectrum_and_pixel_std():

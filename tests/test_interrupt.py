@@ -36,7 +36,7 @@ SIGNAL_DEADLINE_S = 30  # the issue's promise: the search has exited within this
 # Tune's end state of a trial -> its Optuna state -> its MLflow status and tags (docs/search.md, "Trial states")
 STATE_MAP = {
     "completed": ("COMPLETE", "FINISHED", {"spd_tune.stopped_early": "false"}),
-    "stopped early": ("PRUNED", "KILLED", {"spd_tune.stopped_early": "true"}),
+    "stopped early": ("PRUNED", "FINISHED", {"spd_tune.stopped_early": "true"}),
     "diverged": ("FAIL", "FAILED", {"spd_tune.diverged": "true"}),
     "error": ("FAIL", "FAILED", {"spd_tune.error": "true"}),
 }

@@ -5,7 +5,6 @@ import json
 import pickle
 
 import pytest
-
 from ray.tune.schedulers import TrialScheduler
 
 from spd_tune.search.schedulers import PersistentASHA

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import math
+import re
 
 import numpy as np
 import optuna
@@ -44,16 +45,29 @@ def finished_search(ray_cluster, tmp_path_factory):
 def test_the_console_keeps_to_what_a_person_follows(finished_search):
     console = (finished_search.parent / "console.txt").read_text()
     assert "champion: trial" in console and "search wall time" in console and "report:" in console
-    assert "Trial status" in console or "== Status ==" in console  # Tune's status (new or legacy output)
+    lines = console.splitlines()
+    assert len(lines) <= 100, len(lines)
+    # Tune's boxes, status tables and TensorBoard hint are in ray.log; the console has one line per rung event
+    assert not any(box in console for box in ("Trial status", "== Status ==", "TensorBoard", "╭", "│"))
+    rung_lines = [line for line in lines if re.match(r"\[spd-tune\] trial \w+: [\d.]+/0.64 kimg, proxy_fd64 ", line)]
+    assert len(rung_lines) >= TRIALS and all("best so far" in line for line in rung_lines)
+    ends = [line for line in lines if re.match(r"\[spd-tune\] trial \w+: (finished|stopped) at ", line)]
+    assert len(ends) == TRIALS
     assert "[spd-tune] evaluating" not in console and "RayTrainWorker" not in console  # workers: in ray.log
     ray_log = (finished_search / "ray.log").read_text()
     assert "[spd-tune] evaluating" in ray_log and "RayTrainWorker" in ray_log
+    assert "Trial status" in ray_log or "== Status ==" in ray_log  # Tune's tables (new or legacy output)
 
 
 def test_every_trial_is_in_tune_optuna_and_mlflow(finished_search):
     root = finished_search
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{root / 'optuna.db'}")
     assert len(study.trials) == TRIALS
+    assert study.metric_names == ["proxy_fd64"]  # optuna-dashboard names the objective
+    champion = json.loads((root / "best" / "champion.json").read_text())
+    told = study.user_attrs["spd_tune.champion"]  # the search's answer, beside Optuna's best trial
+    assert told["trial_id"] == champion["trial_id"] and told["final_mean"] == champion["final"]["mean"]
+    assert told["sampling"] == champion["sampling"] and told["final_std"] == champion["final"]["std"]
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states
     assert study.trials[0].params == {"m": 2.69, "T": 200, "lr": 0.002}  # the config's own point goes first
@@ -78,6 +92,7 @@ def test_every_trial_is_in_tune_optuna_and_mlflow(finished_search):
         assert any(a.path == "samples" for a in client.list_artifacts(child.info.run_id))
     stopped = [c for c in children if c.data.tags.get("spd_tune.stopped_early") == "true"]
     assert len(stopped) == len(pruned)
+    assert all(c.info.status == "FINISHED" for c in children)  # stopped early is not a crash: the tag says it
 
 
 def test_champion_is_copied_loadable_and_registered(finished_search):

@@ -258,3 +258,39 @@ def test_resume_takes_an_optional_auto(argv, space, resume, capsys):
         parse(["demo", "--resume=sometimes"])
     assert exited.value.code == 2
     assert "--resume takes nothing or 'auto', not 'sometimes'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["spd_tune.search.__main__", "spd_tune.train.__main__", "spd_tune.sample"])
+def test_help_describes_every_argument(command, monkeypatch):
+    import importlib
+
+    from spd_tune.cli import Parser
+
+    seen = {}
+
+    def grab(self, *args, **kwargs):
+        seen["parser"] = self
+        raise SystemExit(0)
+
+    monkeypatch.setattr(Parser, "parse_args", grab)
+    with pytest.raises(SystemExit):
+        importlib.import_module(command).main(["x"])
+    bare = [a.option_strings or [a.dest] for a in seen["parser"]._actions if not a.help]
+    assert bare == []
+
+
+def test_flags_and_files_get_one_line_errors(tmp_path, capsys):
+    from spd_tune.search.__main__ import main as search
+    from spd_tune.train.__main__ import main as train
+
+    for main in (search, train):
+        assert main(["demo", "--fid-weights", str(tmp_path / "none.pth"), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: FID Inception weights not found at {tmp_path / 'none.pth'} (from --fid-weights)")
+    (tmp_path / "bad.yaml").write_text("search:\n  trials: 3\n   extra: 2\n")
+    assert search([str(tmp_path / "bad.yaml"), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (f"error: cannot read {tmp_path / 'bad.yaml'}: line 3, column 9: mapping values "
+                                       "are not allowed here\n")
+    with pytest.raises(SystemExit):
+        search(["demo", "--trails", "3"])
+    assert "--trails: did you mean --trials?" in capsys.readouterr().err

@@ -109,7 +109,7 @@ def test_a_long_concurrent_search_stays_consistent_clean_and_bounded(oversubscri
         ot, run = optuna_trials[trial_id], mlflow[trial_id]
         expected = optuna.trial.TrialState.PRUNED if early else optuna.trial.TrialState.COMPLETE
         assert ot.state == expected, (trial_id, reached, ot.state)
-        assert run.info.status == ("KILLED" if early else "FINISHED"), (trial_id, run.info.status)
+        assert run.info.status == "FINISHED", (trial_id, run.info.status)  # stopped early: FINISHED and tagged
         assert run.data.tags.get("spd_tune.stopped_early") == ("true" if early else "false"), trial_id
         # every report once in MLflow, at its kimg step, with Tune's value
         history = client.get_metric_history(run.info.run_id, "proxy_fd64")

@@ -7,9 +7,9 @@ import pytest
 from scipy import stats
 
 from spd_tune.errors import ConfigError
+from spd_tune.search.correlation import spearman
 from spd_tune.search.results import seed_set_result, versus
 from spd_tune.search.space import load_space, seed_ranges
-from spd_tune.search.correlation import spearman
 from spd_tune.search.trust import trust_warnings
 
 

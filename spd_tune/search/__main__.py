@@ -24,11 +24,12 @@ from ..cli import run_main
 from ..cluster import check_storage, check_storage_path, driver_resources, ensure_ray
 from ..data import check_available
 from ..errors import ConfigError
+from ..fid import resolve_fid_weights
 from ..train.averaging import snapshot_plan
 from ..train.config import resolve_on_driver
 from ..train.evaluation import resolved_metric_name
 from .cli import parse
-from .console import RAY_LOG, ray_output_to
+from .console import RAY_LOG, ray_output_to, tune_output_to
 from .costs import cost_table, cost_unit
 from .fit import describe_fit, write_fit_plot
 from .interrupt import Interrupts, SearchInterrupted, duration
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(f"search.budget_hours={args.budget_hours}")
     if args.data_dir is not None:
         sets.append(f"train.data.root={json.dumps(args.data_dir)}")
+    if args.fid_weights is not None:
+        sets.append(f"train.eval.features.weights_path={json.dumps(args.fid_weights)}")
     found: dict = {}
     interrupts = Interrupts(lambda: _after_interrupt(found, argv))
     interrupts.install()
@@ -135,6 +138,8 @@ def _finished_or_checked(args: argparse.Namespace, layout: Layout, name: str, fo
 def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: contextlib.ExitStack,
             interrupts: Interrupts) -> int:
     """Validate and check everything, then run the Tune search; the results go into ``found``."""
+    if args.fid_weights is not None:  # the file named, and the real one, before anything else
+        resolve_fid_weights(args.fid_weights, download=False)
     space = load_space(args.space, sets, output=args.output)
     layout = Layout.of(space, args.storage_path, args.optuna_storage, args.tracking_uri, args.shared_storage)
     if args.dry_run:
@@ -151,6 +156,10 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
         raise ConfigError(f"the Inception weights found are not pytorch-fid's: scores would not be {space.metric}")
     check_available(space.train.data)
     space = dataclasses.replace(space, train=resolve_on_driver(space.train))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    if not args.verbose:  # validation and preflight have passed: from here on Ray's own output goes to a file
+        log = quiet.enter_context(ray_output_to(layout.root / RAY_LOG))
+        print(f"worker and Ray output: {log} (--verbose shows it here)", flush=True)
     ensure_ray(args.address)
     interrupts.install()  # again: ray.init sets a SIGTERM handler of its own
     if args.resume:
@@ -160,10 +169,6 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
     check_storage(layout.storage)
     driver = driver_resources()
     max_concurrent = concurrency(space, driver)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    if not args.verbose:  # validation and preflight have passed: from here on Ray's own output goes to a file
-        log = quiet.enter_context(ray_output_to(layout.root / RAY_LOG))
-        print(f"worker and Ray output: {log} (--verbose shows it here)", flush=True)
     # save Tune's experiment state (trials + searcher) at every step, so a killed driver loses as little
     # as possible; what it still loses is reconciled after the resumed search (a signal saves it at once)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
@@ -176,7 +181,8 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
 
     found.update(space=space, layout=layout)
     tuner = build_tuner(space, layout, max_concurrent, args.resume, driver)
-    with interrupts.tune_loop():
+    tune_output = tune_output_to(layout.root / RAY_LOG) if not args.verbose else contextlib.nullcontext()
+    with interrupts.tune_loop(), tune_output:  # Tune's boxes and tables: in ray.log unless --verbose
         found["results"] = tuner.fit()
     return 0
 

@@ -13,10 +13,14 @@ DESCRIPTION = "The search service: ``python -m spd_tune.search {cifar10 | imagen
 def parser() -> Parser:
     p = Parser(prog="python -m spd_tune.search", description=DESCRIPTION)
     p.add_argument("space", help="cifar10, imagenet64, demo, or a path to a space YAML")
-    p.add_argument("--trials", type=int)
-    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--trials", type=int, help="trials to run (search.trials)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (search.max_concurrent; default: as many as "
+                   "the cluster holds)")
     p.add_argument("--data-dir", help="the data folder (train.data.root): a folder of images for the folder space, "
                    "ImageNet-64's batches, or where CIFAR-10 is or goes")
+    p.add_argument("--fid-weights", metavar="PATH", help="pytorch-fid's Inception weights file "
+                   "(pt_inception-2015-12-05-6726825d.pth), checked before anything starts (default: "
+                   "SPD_TUNE_FID_WEIGHTS, else the torch hub cache, else a download)")
     p.add_argument("--budget-hours", type=float, help="resource-hours (GPU, or CPU without GPUs) the trials may "
                    "spend: no new trial starts once it would exceed them (search.budget_hours)")
     p.add_argument("--output", help="where the search writes (default: ./spd_runs)")

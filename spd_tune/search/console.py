@@ -1,6 +1,7 @@
-"""What a search prints: Tune's status table and our own one-line events. Ray's and the workers' verbose output
-(worker prints, Ray Train's checkpoint notices, placement-group clean-up) goes to ``<output>/<space>/ray.log``,
-once each; ``--verbose`` brings it back to the console.
+"""What a search prints: our own one-line events (search/events.py), one per rung a trial reaches and one when it
+ends. Ray's preamble, Tune's status tables and the workers' verbose output (worker prints, Ray Train's
+checkpoint notices, placement-group clean-up) go to ``<output>/<space>/ray.log``, once each; ``--verbose`` brings
+them back to the console.
 
 Ray forwards worker output to the driver through one handler of its stream dispatcher, and logs its own notices
 through the ``ray`` logger; both are pointed at the file for the search's duration and restored after.
@@ -10,10 +11,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TextIO
 
 RAY_LOG = "ray.log"
+_console: list[TextIO] = []  # where say() writes while Tune's own output goes to ray.log
+
+
+def say(line: str) -> None:
+    """One line for the person at the console, wherever Tune's output goes."""
+    print(line, file=_console[-1] if _console else sys.stdout, flush=True)
+
+
+@contextlib.contextmanager
+def tune_output_to(path: Path) -> Iterator[None]:
+    """While Tune runs: what it prints (its configuration box, status tables, TensorBoard hint) goes to ``path``,
+    and ``say`` keeps the console."""
+    _console.append(sys.stdout)
+    with open(path, "a", buffering=1) as file, contextlib.redirect_stdout(file):
+        try:
+            yield
+        finally:
+            _console.pop()
 _HANDLER = "ray_print_logs"  # the name ray._private.worker gives its driver-side printer
 LIBRARY_LOGGERS = ("ray", "mlflow")  # their console handlers write to the file instead
 

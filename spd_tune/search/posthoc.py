@@ -10,6 +10,7 @@ study evaluates at their own points before asking new ones, so no evaluation is 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Sequence
 
 import optuna
@@ -49,9 +50,15 @@ def point_of(params: dict, ph: PosthocConfig) -> PosthocPoint:
                         sigma_rel=params.get("sigma_rel"))
 
 
-def open_study(storage, study_name: str, seed: int) -> optuna.Study:
-    return optuna.create_study(study_name=study_name, storage=storage, direction="minimize", load_if_exists=True,
-                               sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4))
+def open_study(storage, study_name: str, seed: int, metric: str | None = None) -> optuna.Study:
+    """The study, created or loaded; ``metric`` names its objective (what optuna-dashboard shows)."""
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4))
+    if metric is not None and study.metric_names != [metric]:
+        with warnings.catch_warnings():  # set_metric_names is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([metric])
+    return study
 
 
 def run_study(study: optuna.Study, ph: PosthocConfig, steps: int, power: bool,

@@ -36,8 +36,9 @@ def versus(champion: dict, other: dict) -> dict:
     return {"delta": delta, "se": se, "significant": significant}
 
 
-def pooled_std(a: dict, b: dict) -> float:
-    return math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
+def _word(vs: dict) -> str:
+    """The one rule for every comparison the search states: ``versus``'s, twice the standard error."""
+    return "better than" if vs["significant"] else "not distinguishable from"
 
 
 def _var_of_mean(result: dict) -> float:
@@ -55,16 +56,17 @@ def verdict(metric: str, info: dict) -> list[str]:
                  f"{n} seed sets). The error bar covers sampling noise only, on the same trained weights; a second "
                  "training seed would move the score more.")
     runner = info.get("runner_up")
-    if runner and runner["final"]["mean"] - final["mean"] < pooled_std(final, runner["final"]):
-        lines.append(f"the runner-up, trial {runner['trial_id']} ({runner['final']['mean']:.4f} ± "
-                     f"{runner['final']['std']:.4f}), is within one pooled standard deviation of the champion: "
-                     "these final scores do not separate the two.")
+    if runner and runner.get("final"):
+        vs = versus(final, runner["final"])
+        lines.append(f"against the runner-up, trial {runner['trial_id']} ({runner['final']['mean']:.4f} ± "
+                     f"{runner['final']['std']:.4f}): delta {vs['delta']:+.4f} ± {vs['se']:.4f} (standard error), "
+                     f"{_word(vs)} the runner-up at twice the standard error.")
     base, vs = info.get("baseline"), info.get("vs_baseline")
     if base and vs:
         if base["trial"] == info["trial_id"]:
             lines.append(f"the champion is the baseline (the space's first trial, trial {base['trial']}).")
         else:
-            word = "better than" if vs["significant"] else "not distinguishable from"
+            word = _word(vs)
             lines.append(f"against the baseline (the space's first trial, trial {base['trial']}: {base['mean']:.4f} ± "
                          f"{base['std']:.4f}): delta {vs['delta']:+.4f} ± {vs['se']:.4f} (standard error), {word} "
                          "the baseline at twice the standard error.")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import pickle
 import sys
+import warnings
 
 import optuna
 from ray.tune.search import Searcher
@@ -83,6 +84,10 @@ class StudySearcher(_PickledState):
                                               load_if_exists=True)
             if self.first_point is not None and not self._study.get_trials(deepcopy=False):
                 self._study.enqueue_trial(self.first_point)
+            if self._study.metric_names != list(self.metrics):  # optuna-dashboard names the objectives
+                with warnings.catch_warnings():  # set_metric_names is marked experimental
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self._study.set_metric_names(list(self.metrics))
         return self._study
 
     @property

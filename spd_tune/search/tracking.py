@@ -18,6 +18,7 @@ from ray.tune import Callback
 
 from ..train.config import nimg
 from ..train.session import GRID_FILE
+from .console import say
 from .mlflow_runs import INTERRUPTED_TAG, client_for
 from .schedulers import read_gates
 from .trials import stopped_early
@@ -135,7 +136,7 @@ class MLflowCallback(Callback):
             if seen == gate:
                 continue
             if (seen or {}).get("open", False) != gate["open"]:
-                print(gate_line(rung, gate, state["threshold"]), flush=True)
+                say(gate_line(rung, gate, state["threshold"]))
             self.gates_seen[rung] = gate
             self._guard("gate", self.tracker.log_gate, rung, gate, self.reports)
 
@@ -184,7 +185,8 @@ class MLflowCallback(Callback):
                         {"spd_tune.diverged": "true", "spd_tune.kimg": f"{kimg:g}"})
             return
         if run_id:
-            self._guard("trial end", self.tracker.finish, run_id, "KILLED" if stopped else "FINISHED",
+            # FINISHED either way: MLflow's KILLED reads as a crash or a Ctrl-C; the tag says it was stopped early
+            self._guard("trial end", self.tracker.finish, run_id, "FINISHED",
                         {"spd_tune.stopped_early": str(stopped).lower(), "spd_tune.kimg": f"{kimg:g}"})
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -14,6 +14,7 @@ from ray.tune.schedulers import FIFOScheduler
 from ..errors import ConfigError, first_line
 from ..train.driver import ReportQueue, build_trainer, fit_reporting, trial_callbacks
 from .costs import Budget
+from .events import TrialEvents
 from .interrupt import active
 from .plan import Layout
 from .schedulers import GATE_STATE_FILE, GatedASHA, PersistentASHA
@@ -92,6 +93,7 @@ def build_tuner(space: Space, layout: Layout, max_concurrent: int, resume: bool,
             name=space.train.name, storage_path=layout.under_storage("tune"),
             callbacks=[MLflowCallback(layout.tracking_uri, space.train.name, str(layout.root / "mlartifacts"),
                                       space.max_kimg, list(space.search.params),
-                                      gate_file=str(layout.root / GATE_STATE_FILE)), StopOnSignal()],
+                                      gate_file=str(layout.root / GATE_STATE_FILE)),
+                       TrialEvents(space, str(layout.root / GATE_STATE_FILE)), StopOnSignal()],
             failure_config=tune.FailureConfig(max_failures=1)),
     )

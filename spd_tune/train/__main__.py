@@ -11,6 +11,7 @@ import sys
 
 from ..cli import Parser, run_main
 from ..cluster import Storage
+from ..fid import resolve_fid_weights
 from .config import load_train_config
 from .driver import RunFailed, plan, run_training
 
@@ -21,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", help="a search space name (demo, cifar10, imagenet64) or a YAML/JSON config file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. optim.lr=2e-4")
     p.add_argument("--workers", type=int, help="Ray Train workers")
-    p.add_argument("--gpus-per-worker", type=float)
-    p.add_argument("--cpus-per-worker", type=float)
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs each worker holds (resources.gpus_per_worker)")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs each worker holds (resources.cpus_per_worker)")
     p.add_argument("--output", help="where runs are written (default: ./spd_runs)")
     p.add_argument("--name", help="run name; re-using it resumes that run")
     p.add_argument("--data-dir", help="the data folder (data.root): a folder of images, ImageNet-64's batches, or "
@@ -33,15 +34,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="the local --storage-path is mounted at the same place on every node (NFS)")
     p.add_argument("--address", help="join this Ray cluster: 'auto' on a cluster's head (default: RAY_ADDRESS, "
                    "else start a local Ray)")
+    p.add_argument("--fid-weights", metavar="PATH", help="pytorch-fid's Inception weights file "
+                   "(pt_inception-2015-12-05-6726825d.pth), checked before anything starts (default: "
+                   "SPD_TUNE_FID_WEIGHTS, else the torch hub cache, else a download)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, then exit")
     args = p.parse_args(argv)
     return run_main(lambda: _train(args))
 
 
 def _train(args) -> int:
+    if args.fid_weights is not None:  # the file named, and the real one, before anything else
+        resolve_fid_weights(args.fid_weights, download=False)
     cfg = load_train_config(args.config, args.set, output=args.output, name=args.name,
                             **{"resources.workers": args.workers, "resources.gpus_per_worker": args.gpus_per_worker,
-                               "resources.cpus_per_worker": args.cpus_per_worker, "data.root": args.data_dir})
+                               "resources.cpus_per_worker": args.cpus_per_worker, "data.root": args.data_dir,
+                               "eval.features.weights_path": args.fid_weights})
     if args.dry_run:
         print(cfg.to_json())
         print(plan(cfg))

@@ -63,7 +63,8 @@ def run(space: Space, optuna_url: str, finalists: Finalists, evaluate: Evaluate,
 
 def _study(space: Space, optuna_url: str, finalist: Finalist, evaluate: Evaluate) -> list[dict]:
     samples, seed = posthoc_protocol(space)
-    study = open_study(optuna_url, posthoc_study_name(space.train.name, finalist.trial_id), space.search.seed)
+    study = open_study(optuna_url, posthoc_study_name(space.train.name, finalist.trial_id), space.search.seed,
+                       space.metric)
     return run_study(study, space.search.posthoc, finalist.cfg.process.steps, finalist.power,
                      lambda points: evaluate([(finalist, Job(p, samples, seed)) for p in points]))
 

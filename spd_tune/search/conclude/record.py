@@ -86,6 +86,7 @@ def record(space: Space, layout: Layout, finalists: Finalists, posthoc: PosthocR
     orphans = close_orphan_trials(space, layout.optuna_url)
     if summary.document is not None:
         Path(summary.document["best_dir"], INFO_FILE).write_text(json.dumps(summary.document, indent=2, default=str))
+        tell_champion(space, layout.optuna_url, summary.document)
     if posthoc.ran:
         (layout.root / FRONT_FILE).parent.mkdir(parents=True, exist_ok=True)
         (layout.root / FRONT_FILE).write_text(json.dumps(list(posthoc.front), indent=2))
@@ -114,6 +115,19 @@ def close_orphan_trials(space: Space, optuna_url: str) -> int:
         storage.set_trial_user_attr(internal, "spd_tune.orphaned", True)
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return len(running)
+
+
+CHAMPION_ATTR = "spd_tune.champion"  # on the search's study: the answer, beside Optuna's own best trial
+
+
+def tell_champion(space: Space, optuna_url: str, document: Mapping) -> None:
+    """The champion on the search's study (``spd_tune.champion``: its trial, final mean and std, chosen EMA and
+    sampler), so that optuna-dashboard shows the search's answer and not only the best rung score."""
+    final = document.get("final") or {}
+    optuna.load_study(study_name=space.train.name, storage=optuna_url).set_user_attr(CHAMPION_ATTR, {
+        "trial_id": document["trial_id"], "params": dict(document["params"]), "metric": space.metric,
+        "final_mean": final.get("mean"), "final_std": final.get("std"), "rung_score": document.get(space.metric),
+        "ema": document.get("ema"), "sampling": document.get("sampling")})
 
 
 def close_orphan_runs(runs: Runs, known_trial_ids: set) -> int:

@@ -102,8 +102,9 @@ def with_comparisons(rows: list[dict]) -> dict:
     best = dict(rows[0])
     if "final" not in best:
         return best
-    if len(rows) > 1:
+    if len(rows) > 1 and rows[1].get("final"):
         best["runner_up"] = {"trial_id": rows[1]["trial_id"], "final": rows[1]["final"]}
+        best["vs_runner_up"] = versus(best["final"], rows[1]["final"])
     base = next((r for r in rows if r.get("baseline")), None)
     best["baseline"] = None if base is None else {"trial": base["trial_id"], "mean": base["final"]["mean"],
                                                   "std": base["final"]["std"]}
