@@ -1,9 +1,11 @@
-"""Open a search's MLflow store in the MLflow UI, on 127.0.0.1.
+"""Open a search's MLflow store in the MLflow UI, and with ``--optuna`` its Optuna study in optuna-dashboard,
+on 127.0.0.1.
 
-    python -m spd_tune.ui spd_runs/demo            # then browse http://127.0.0.1:5000
+    python -m spd_tune.ui spd_runs/demo             # MLflow: the search's runs page is printed
+    python -m spd_tune.ui spd_runs/demo --optuna    # and optuna-dashboard (pip install -e '.[dashboard]')
 
-At most two processes (MLflow's job runner is switched off), ready within seconds, and nothing is left
-running after Ctrl-C: the UI runs in its own process group, which is stopped as a whole.
+Ready within seconds, and nothing is left running after Ctrl-C: each UI runs in its own process group, which is
+stopped as a whole.
 """
 
 from __future__ import annotations
@@ -32,6 +34,26 @@ def find_store(folder: Path) -> Path:
     raise FileNotFoundError(f"several searches under {folder}: pass one of {[str(p.parent) for p in found]}")
 
 
+def runs_page(url: str, store: Path) -> str:
+    """The MLflow UI's page of the search's runs (its experiment), or the UI's root if there is none yet."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as con:
+        found = con.execute("SELECT experiment_id FROM experiments WHERE name != 'Default' AND lifecycle_stage = "
+                            "'active' ORDER BY experiment_id LIMIT 1").fetchone()
+    return f"{url}/#/experiments/{found[0]}/runs" if found else url
+
+
+def start_dashboard(study_db: Path, host: str, port: int) -> subprocess.Popen:
+    """optuna-dashboard on the search's study database (the optional extra ``dashboard``)."""
+    executable = Path(sys.executable).parent / "optuna-dashboard"
+    if not executable.is_file():
+        raise FileNotFoundError("optuna-dashboard is not installed: pip install -e '.[dashboard]' (or "
+                                "pip install optuna-dashboard)")
+    cmd = [str(executable), f"sqlite:///{study_db.resolve()}", "--host", host, "--port", str(port), "--quiet"]
+    return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
 def start(store: Path, host: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store.resolve()}",
@@ -39,11 +61,11 @@ def start(store: Path, host: str, port: int) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, start_new_session=True)
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> bool:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60, path: str = "/health") -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
                 if response.status == 200:
                     return True
         except OSError:
@@ -65,13 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m spd_tune.ui", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a search folder (OUTPUT/<space>) or an --output folder")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; reach it by SSH forwarding)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000, help="the MLflow UI's port (default: 5000)")
+    p.add_argument("--optuna", action="store_true", help="also serve the search's Optuna study (and its post-hoc "
+                   "studies) in optuna-dashboard")
+    p.add_argument("--optuna-port", type=int, default=8080, help="optuna-dashboard's port (default: 8080)")
     args = p.parse_args(argv)
     try:
         store = find_store(args.folder)
+        if args.optuna and not (store.parent / "optuna.db").is_file():
+            raise FileNotFoundError(f"no optuna.db beside {store}")
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    return serve(args, store)
+
+
+def serve(args, store: Path) -> int:
     url = f"http://{args.host}:{args.port}"
 
     def interrupt(signum, frame):  # Ctrl-C and SIGTERM, even where a shell started us with SIGINT ignored
@@ -79,17 +110,32 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    proc = start(store, args.host, args.port)
+    procs = []
     try:
-        if not wait_ready(url, proc):
+        if args.optuna:
+            try:
+                procs.append(start_dashboard(store.parent / "optuna.db", args.host, args.optuna_port))
+            except FileNotFoundError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+        procs.append(start(store, args.host, args.port))
+        if not wait_ready(url, procs[-1]):
             print(f"error: the MLflow UI did not come up on {url}", file=sys.stderr)
             return 1
-        print(f"MLflow UI for {store}: {url}  (Ctrl-C stops it)", flush=True)
-        proc.wait()
+        print(f"MLflow UI for {store}: {runs_page(url, store)}  (Ctrl-C stops it)", flush=True)
+        if args.optuna:
+            dashboard = f"http://{args.host}:{args.optuna_port}"
+            if not wait_ready(dashboard, procs[0], path="/api/studies"):
+                print(f"error: optuna-dashboard did not come up on {dashboard}", file=sys.stderr)
+                return 1
+            print(f"optuna-dashboard for {store.parent / 'optuna.db'}: {dashboard}/dashboard  (Ctrl-C stops it)",
+                  flush=True)
+        procs[-1].wait()
     except KeyboardInterrupt:
         pass
     finally:
-        stop(proc)
+        for proc in procs:
+            stop(proc)
     return 0
 
 

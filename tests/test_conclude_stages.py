@@ -189,7 +189,15 @@ def test_champion_summary_report_and_record(stage_one, tmp_path):
     assert summed.metrics["trust_kimg4_final_pairs"] == 3
     rendered = report.render(space, root, chosen, posthoc.NOT_RUN, summed, optuna_url=_study(tmp_path, space),
                              argv=["demo"], gate=None)
-    assert rendered.front_png is None and "<h2>Rung trust</h2>" in rendered.html.read_text()
+    page = rendered.html.read_text()
+    assert rendered.front_png is None and "<h2>Rung trust</h2>" in page
+    assert "against the runner-up, trial t2" in page and "rung at 4 kimg against the final scores" in page
+    assert "too few trials (4 < 5)" in page  # the correlations are greyed out, not read as evidence
+    table = page[page.index("<h2>Trials</h2>"):page.index("<h2>Metric curves</h2>")]
+    assert [table.index(f">{t}<") for t in ("t2", "t1", "t3", "t0")] == sorted(
+        table.index(f">{t}<") for t in ("t2", "t1", "t3", "t0"))  # by best rung score: 1.9, 2.0, 2.6, 2.8
+    assert any(line.startswith("the champion is not the trial with the best rung score (trial t2, proxy_fd64 "
+                               "1.9000)") for line in summed.lines)
     layout = Layout.of(space, None, None, None, None)
     tracker = MLflowTracker(layout.tracking_uri, space.train.name, tmp_path / "artifacts", {})
     runs = {t: tracker.child(t, p, {}) for t, (p, _) in TRIALS.items()}

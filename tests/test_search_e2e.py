@@ -451,3 +451,44 @@ def test_a_finished_search_becomes_a_curve_table(finished_search, tmp_path):
     assert all(r["points"] and r["points"][0]["kimg"] == 0.16 for r in runs)
     assert table.data["search"]["asha"]["grace_kimg"] == 0.16 and table.data["default_point"]["m"] == 2.69
     Replay(table)  # it replays
+
+
+def test_both_uis_serve_the_search_on_loopback_and_stop_cleanly(finished_search):
+    """python -m spd_tune.ui --optuna on the finished search: the MLflow UI answers with its runs and names the
+    runs page, optuna-dashboard answers with the study and its post-hoc studies; both stop on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from ray_cluster import free_port
+
+    client = MlflowClient(f"sqlite:///{finished_search / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("demo")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    port, optuna_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "spd_tune.ui", str(finished_search), "--port", str(port),
+                             "--optuna", "--optuna-port", str(optuna_port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        start = time.time()
+        while not any("optuna-dashboard for" in line for line in lines) and time.time() - start < 90:
+            lines.append(proc.stdout.readline())
+            assert proc.poll() is None or lines[-1], "".join(lines)
+        assert f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs" in "".join(lines)
+        body = json.dumps({"experiment_ids": [experiment.experiment_id], "max_results": 100}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert len(json.loads(response.read())["runs"]) == TRIALS + 1  # the trials and the search's parent
+        with urllib.request.urlopen(f"http://127.0.0.1:{optuna_port}/api/studies", timeout=10) as response:
+            names = {s["study_name"] for s in json.loads(response.read())["study_summaries"]}
+        assert "demo" in names and any(n.startswith("demo/posthoc/") for n in names)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    time.sleep(1)
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    assert f"--port {port}" not in out and f"--port {optuna_port}" not in out  # nothing left behind

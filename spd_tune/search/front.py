@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+MARKERS = ("o", "^", "s", "D")
+PLAIN_TICKS = (1, 2, 5, 10, 20, 40, 100, 200, 400, 1000, 2000, 4000)
+
 
 def nondominated(points: list[dict], metric: str) -> list[dict]:
     """The points with a finite ``metric`` that no other beats in both ``metric`` and ``nfe``, by NFE."""
@@ -45,12 +48,21 @@ def plot_front(points: list[dict], front: list[dict], metric: str, path: Path) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for trial_id in sorted({p["trial_id"] for p in finite}):
-        mine = [p for p in finite if p["trial_id"] == trial_id]
-        ax.scatter([p["nfe"] for p in mine], [p[metric] for p in mine], s=22, alpha=0.8, label=f"trial {trial_id}")
+    colours = {t: f"C{i}" for i, t in enumerate(sorted({p["trial_id"] for p in finite}))}
+    samplers = sorted({p["point"]["sampler"] for p in finite})
+    for trial_id, colour in colours.items():  # colour: the finalist; marker: the sampler
+        for j, sampler in enumerate(samplers):
+            mine = [p for p in finite if p["trial_id"] == trial_id and p["point"]["sampler"] == sampler]
+            if mine:
+                ax.scatter([p["nfe"] for p in mine], [p[metric] for p in mine], s=26, alpha=0.8, color=colour,
+                           marker=MARKERS[j % len(MARKERS)], label=f"trial {trial_id}, {sampler}")
     ax.step([p["nfe"] for p in front], [p[metric] for p in front], where="post", color="black", lw=1.2,
             label="front")
     ax.set_xscale("log")
+    low, high = min(p["nfe"] for p in finite), max(p["nfe"] for p in finite)
+    ticks = [t for t in PLAIN_TICKS if low / 1.5 <= t <= high * 1.5] or [low, high]
+    ax.set_xticks(ticks, [str(t) for t in ticks])  # 5, 10, 20, 40, not 6x10^0
+    ax.minorticks_off()
     ax.set_xlabel("NFE (network evaluations per sample)")
     ax.set_ylabel(metric)
     ax.set_title(f"post-hoc evaluations: {metric} against sampling cost")

@@ -52,9 +52,8 @@ def verdict(metric: str, info: dict) -> list[str]:
     if not final:
         return lines
     n = len(final["values"])
-    lines.append(f"champion {info['trial_id']}: final {metric} {final['mean']:.4f} ± {final['std']:.4f} (std over "
-                 f"{n} seed sets). The error bar covers sampling noise only, on the same trained weights; a second "
-                 "training seed would move the score more.")
+    lines.append(f"the error bar (std over {n} seed sets) covers sampling noise only, on the same trained weights; a "
+                 f"second training seed would move the {metric} more.")
     runner = info.get("runner_up")
     if runner and runner.get("final"):
         vs = versus(final, runner["final"])

@@ -27,6 +27,7 @@ log = logging.getLogger("spd_tune.tracking")
 
 PAUSE_AFTER_FAILURE_S = 60.0  # after a failed call, skip MLflow for this long instead of waiting on it per result
 
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment on the view this tag names
 SKIP_METRICS = {"step", "start_step", "done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
                 "pid", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name"}
 
@@ -41,7 +42,8 @@ class MLflowTracker:
         # a tracking server stores artifacts where it was told to (--artifacts-destination); a local store here
         served = tracking_uri.startswith(("http://", "https://"))
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=None if served else Path(artifact_root).resolve().as_uri())
+            experiment, artifact_location=None if served else Path(artifact_root).resolve().as_uri(),
+            tags={EXPERIMENT_KIND: "custom_model_development"})  # MLflow 3's UI: model training, not GenAI
         self.parent_id = self._find_run({"spd_tune.role": "search"}) or self.client.create_run(
             self.experiment_id, run_name=experiment, tags={"spd_tune.role": "search", **search_tags}).info.run_id
         self._reopen(self.parent_id)

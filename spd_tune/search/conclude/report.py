@@ -56,7 +56,9 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100p
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #ddd}
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}.pair{display:flex;gap:1em}.warn{color:#a33}
-.pair figure{margin:0;flex:1}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
+.pair figure{margin:0;flex:1}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.few{opacity:.45}.few-note{color:#a33;font-style:italic}"""
+MIN_TRIALS_TO_READ = 5  # below it, correlations and importances are shown greyed out: too few trials to read
 
 
 def _png(fig) -> str:
@@ -107,8 +109,8 @@ def trial_table(space: Space, records: list[TrialRecord], info: dict, costs: dic
         cells = [trial_id, *[_fmt(record.params.get(p)) for p in params],
                  *[_fmt(table.get(trial_id, {}).get(r, math.nan)) for r in rungs], final, state,
                  _fmt(costs.get(trial_id, {}).get("hours", math.nan), 3)]
-        rows.append(cells)
-    rows.sort(key=lambda c: c[0])
+        rows.append((record.best_score if record.finite_reports else math.inf, cells))
+    rows = [cells for _, cells in sorted(rows, key=lambda row: (math.isnan(row[0]), row[0], row[1][0]))]  # by score
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for cells in rows:
         out.append("<tr>" + "".join(f'<td{" class=l" if i == 0 else ""}>{html.escape(str(c))}</td>'
@@ -188,10 +190,28 @@ def reproduce(space: Space, info: dict, argv: list[str] | None) -> str:
              f"# the champion's training (seed {space.train.seed}):",
              f"python -m spd_tune.train {shlex.quote(space.train.name)} {params}",
              "# its samples and score with the final protocol's seed sets:"]
+    data = space.train.data
+    data_dir = f" --data-dir {shlex.quote(data.root)}" if data.root else ""
+    proxy = "" if space.train.eval.features.weights == "pytorch-fid" else " --proxy"
     for s, seed in enumerate(f.seed_sets()):
         lines.append(f"python -m spd_tune.sample {info['best_dir']}/model.pt --n {f.samples} --seed {seed}"
                      f"{sample_flags} --out set{s}.npz")
+        lines.append(f"python -m spd_tune.fid score set{s}.npz --ref {shlex.quote(data.name)}{data_dir}{proxy}")
     return html.escape("\n".join(lines))
+
+
+def trust_label(name: str, t: dict) -> str:
+    """A rung-trust row in words: which rung's scores against which later scores."""
+    against = "the final scores (plain point)" if t["against"] == "final" else f"the scores at {t['against']}"
+    return f"rung at {t['rung']:g} kimg against {against}"
+
+
+def too_few(records: list, part: str) -> str:
+    """``part`` greyed out under a note when the search has too few trials for it to be read as evidence."""
+    if len(records) >= MIN_TRIALS_TO_READ:
+        return part
+    return (f"<p class=few-note>too few trials ({len(records)} < {MIN_TRIALS_TO_READ}): shown for completeness, "
+            f"not to be read as evidence</p><div class=few>{part}</div>")
 
 
 def spectrum_section(record: dict) -> str:
@@ -252,15 +272,16 @@ def write_report(path: Path, space: Space, records: list[TrialRecord], info: dic
     if gate:
         parts.append(gate_section(gate))
     if plain:
-        parts += ["<h2>Rung trust</h2><table><tr><th class=l>correlation</th><th>Spearman rho</th><th>pairs</th></tr>"]
-        parts += [f"<tr><td class=l>{html.escape(n)}</td><td>{_fmt(t['rho'], 3)}</td><td>{t['pairs']}</td></tr>"
-                  for n, t in trust.items()]
-        parts += ["</table>", trust_figure(space, records, plain) or ""]
+        table = ["<table><tr><th class=l>rank agreement</th><th>Spearman rho</th><th>pairs</th></tr>"]
+        table += [f"<tr><td class=l>{html.escape(trust_label(n, t))}</td><td>{_fmt(t['rho'], 3)}</td>"
+                  f"<td>{t['pairs']}</td></tr>" for n, t in trust.items()]
+        table += ["</table>", trust_figure(space, records, plain) or ""]
+        parts += ["<h2>Rung trust</h2>", too_few(records, "".join(table))]
     if front_png is not None and Path(front_png).is_file():
         parts += ["<h2>Score against NFE (post-hoc evaluations)</h2>", _img(Path(front_png).read_bytes(), "front")]
     importance = importance_figure(space, optuna_url)
     if importance:
-        parts += ["<h2>Parameter importances</h2>", importance]
+        parts += ["<h2>Parameter importances</h2>", too_few(records, importance)]
     champion_grid = Path(info["best_dir"]) / "samples.png" if info.get("best_dir") else None
     baseline_grid = Path(baseline["checkpoint"]) / "samples.png" if baseline and "://" not in str(
         baseline.get("checkpoint", "")) else None

@@ -47,8 +47,8 @@ def summarise(space: Space, root: Path, finalists: Finalists, posthoc: PosthocRe
     document = champion_document(space, root, final, posthoc, champion)
     plain = {j.finalist.trial_id: j.scored["plain"].mean for j in final.judged if "plain" in j.scored}
     trust = rung_trust(space, records, plain)
-    lines = (*champion_lines(space, document), *verdict(space.metric, document), *trust_warnings(trust),
-             *cost_lines(spent))
+    lines = (*champion_lines(space, document), *rescored_line(space, finalists, document, posthoc.ran),
+             *verdict(space.metric, document), *trust_warnings(trust), *cost_lines(spent))
     metrics = {**trust_metrics(trust), **metrics, "cost_hours_no_early_stopping": spent["no_early_stopping_hours"]}
     front = None
     if space.search.multi_objective.enabled:
@@ -112,11 +112,29 @@ def with_comparisons(rows: list[dict]) -> dict:
     return best
 
 
+def _rounded(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def champion_lines(space: Space, document: Mapping) -> list[str]:
     final = final_metric_name(space.metric)
     final_text = f", {final} {document[final]:.4f}" if final in document else ""
     if document.get("final"):
         final_text += f" ± {document['final']['std']:.4f} (std over {len(document['final']['values'])} seed sets)"
-    return [f"champion: trial {document['trial_id']}, {space.metric} {document[space.metric]:.4f}{final_text}, "
-            f"params {document['params']}",
+    params = ", ".join(f"{k}={_rounded(v)}" for k, v in document["params"].items())
+    return [f"champion: trial {document['trial_id']}, {space.metric} {document[space.metric]:.4f}{final_text}; "
+            f"{params}",
             f"  checkpoint copied to {document['best_dir']}"]
+
+
+def rescored_line(space: Space, finalists: Finalists, document: Mapping, posthoc_ran: bool) -> list[str]:
+    """One line when the champion is not the trial with the best rung score: why the ranking changed."""
+    first = finalists.chosen[0] if finalists.chosen else None
+    if first is None or first.trial_id == document["trial_id"] or not document.get("final"):
+        return []
+    f = space.search.final
+    how = f"{f.samples} samples x {len(f.seed_sets())} seed set(s)" + (
+        ", each finalist at its plain and its best post-hoc EMA and sampler" if posthoc_ran else "")
+    return [f"the champion is not the trial with the best rung score (trial {first.trial_id}, {space.metric} "
+            f"{first.score:.4f}): the final protocol ({how}) re-scored the finalists and ranked trial "
+            f"{document['trial_id']} first."]
