@@ -149,6 +149,8 @@ def test_the_posthoc_stage_then_the_final_protocol_at_two_points(tmp_path):
     studied = posthoc.run(space, url, chosen, evaluate, said.append)
     assert studied.ran and {t: len(r) for t, r in studied.studies.items()} == {"t2": 3, "t1": 3, "t0": 3}
     assert studied.dropped == ("t3",) and not (tmp_path / "ray" / "train-t3" / SNAPSHOT_DIR).exists()
+    firsts = {json.dumps(rows[0]["point"], sort_keys=True) for rows in studied.studies.values()}
+    assert len(firsts) == 3  # each finalist draws its own points
     assert (tmp_path / "ray" / "train-t0" / SNAPSHOT_DIR).exists()  # a finalist keeps its snapshots
     assert said[:3] == [line for line in said if line.startswith("post-hoc trial ")]
     assert said[-1].startswith("post-hoc front (proxy_fd64 vs NFE): ")

@@ -183,6 +183,7 @@ def test_posthoc_stage_contract(finished_search):
     finalists = [f["trial_id"] for f in info["finalists"]]
     studies = _posthoc_studies(root / "optuna.db")
     assert set(studies) == set(finalists)
+    assert len({json.dumps(s.trials[0].params, sort_keys=True) for s in studies.values()}) == len(studies)  # own draws
     for study in studies.values():  # each finalist's own seeded study, run to its number of evaluations
         assert len(study.trials) == POSTHOC_EVALUATIONS
         assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)

@@ -48,8 +48,8 @@ def run(space: Space, optuna_url: str, finalists: Finalists, evaluate: Evaluate,
         return NOT_RUN
     metric = space.metric
     studies = {}
-    for finalist in finalists.chosen:
-        studies[finalist.trial_id] = tuple(_study(space, optuna_url, finalist, evaluate))
+    for index, finalist in enumerate(finalists.chosen):
+        studies[finalist.trial_id] = tuple(_study(space, optuna_url, finalist, index, evaluate))
         say(_study_line(space, finalist.trial_id, studies[finalist.trial_id]))
     dropped = drop_snapshots(finalists.run_paths, finalists.chosen)
     if dropped:
@@ -61,10 +61,11 @@ def run(space: Space, optuna_url: str, finalists: Finalists, evaluate: Evaluate,
     return PosthocResult(studies, tuple(points), tuple(front), tuple(dropped))
 
 
-def _study(space: Space, optuna_url: str, finalist: Finalist, evaluate: Evaluate) -> list[dict]:
+def _study(space: Space, optuna_url: str, finalist: Finalist, index: int, evaluate: Evaluate) -> list[dict]:
     samples, seed = posthoc_protocol(space)
-    study = open_study(optuna_url, posthoc_study_name(space.train.name, finalist.trial_id), space.search.seed,
-                       space.metric)
+    # each finalist draws its own points: the search's seed, offset by the finalist's place in the ranking
+    study = open_study(optuna_url, posthoc_study_name(space.train.name, finalist.trial_id),
+                       space.search.seed + 1 + index, space.metric)
     return run_study(study, space.search.posthoc, finalist.cfg.process.steps, finalist.power,
                      lambda points: evaluate([(finalist, Job(p, samples, seed)) for p in points]))
 
