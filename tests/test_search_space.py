@@ -294,3 +294,13 @@ def test_flags_and_files_get_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         search(["demo", "--trails", "3"])
     assert "--trails: did you mean --trials?" in capsys.readouterr().err
+
+
+def test_a_training_run_writes_to_its_own_folder_by_default(tmp_path, capsys, monkeypatch):
+    from spd_tune.train.__main__ import main as train
+
+    monkeypatch.chdir(tmp_path)
+    assert train(["demo", "--dry-run"]) == 0
+    assert f'"output": "{tmp_path / "spd_train"}"' in capsys.readouterr().out  # not a search's spd_runs/<space>
+    assert train(["demo", "--dry-run", "--output", str(tmp_path / "mine")]) == 0
+    assert f'"output": "{tmp_path / "mine"}"' in capsys.readouterr().out

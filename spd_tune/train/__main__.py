@@ -15,6 +15,8 @@ from ..fid import resolve_fid_weights
 from .config import load_train_config
 from .driver import RunFailed, plan, run_training
 
+TRAIN_OUTPUT = "spd_train"
+
 
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m spd_tune.train",
@@ -24,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, help="Ray Train workers")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs each worker holds (resources.gpus_per_worker)")
     p.add_argument("--cpus-per-worker", type=float, help="CPUs each worker holds (resources.cpus_per_worker)")
-    p.add_argument("--output", help="where runs are written (default: ./spd_runs)")
+    p.add_argument("--output", help=f"where runs are written (default: ./{TRAIN_OUTPUT}, apart from the searches' "
+                   "./spd_runs)")
     p.add_argument("--name", help="run name; re-using it resumes that run")
     p.add_argument("--data-dir", help="the data folder (data.root): a folder of images, ImageNet-64's batches, or "
                    "where CIFAR-10 is or goes")
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args) -> int:
     if args.fid_weights is not None:  # the file named, and the real one, before anything else
         resolve_fid_weights(args.fid_weights, download=False)
-    cfg = load_train_config(args.config, args.set, output=args.output, name=args.name,
+    # a run of its own never writes into a search's folder, unless its config or --output says so
+    cfg = load_train_config(args.config, args.set, default_output=TRAIN_OUTPUT, output=args.output, name=args.name,
                             **{"resources.workers": args.workers, "resources.gpus_per_worker": args.gpus_per_worker,
                                "resources.cpus_per_worker": args.cpus_per_worker, "data.root": args.data_dir,
                                "eval.features.weights_path": args.fid_weights})

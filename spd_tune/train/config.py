@@ -270,8 +270,10 @@ def resolve_config_path(name_or_path: str) -> Path:
     raise ConfigError(f"{name_or_path!r} is neither a config file nor a shipped search space ({', '.join(names)})")
 
 
-def load_train_config(name_or_path: str, overrides: list[str] = (), **top_level: Any) -> TrainConfig:
-    """The training config of a search space or config file, with --set overrides and CLI values applied."""
+def load_train_config(name_or_path: str, overrides: list[str] = (), default_output: str | None = None,
+                      **top_level: Any) -> TrainConfig:
+    """The training config of a search space or config file, with --set overrides and CLI values applied;
+    ``default_output`` replaces the config's default output folder when neither the file nor a value sets one."""
     path = resolve_config_path(name_or_path)
     doc = read_document(path)
     is_space = "train" in doc or "search" in doc
@@ -285,6 +287,8 @@ def load_train_config(name_or_path: str, overrides: list[str] = (), **top_level:
         if value is not None:
             train = apply_overrides(train, [f"{key}={json.dumps(value)}"])
     train.setdefault("name", path.stem)
+    if default_output is not None:
+        train.setdefault("output", default_output)
     cfg = from_dict(TrainConfig, train)
     return absolute_paths(cfg)
 
