@@ -75,7 +75,13 @@ def test_search_cli_dry_run_and_errors(tmp_path, capsys):
     assert main(["demo", "--dry-run", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "ASHA rungs at kimg [1.0, 2.0, 4.0]" in out and "first trial" in out and "proxy_fd64" in out
+    assert "wall clock on 1 GPU(s) (the space asks for no GPU: one GPU assumed): about " in out
     assert not any(tmp_path.iterdir())  # nothing written
+    assert main(["cifar10", "--dry-run", "--gpus", "8", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "wall clock on 8 GPU(s) (--gpus): about " in out
+    assert "FID weights: not on this machine" in out  # the tests' caches hold no real weights
+    assert ("this machine has no GPU" in out) != ("this machine: " in out)
     assert main([write_space(tmp_path, search={"params": {}}), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err

@@ -22,15 +22,15 @@ import time
 
 from ..cli import run_main
 from ..cluster import check_storage, check_storage_path, driver_resources, ensure_ray
-from ..data import check_available
-from ..errors import ConfigError
+from ..data import check_available, dataset
+from ..errors import ConfigError, WeightsError
 from ..fid import resolve_fid_weights
 from ..train.averaging import snapshot_plan
 from ..train.config import resolve_on_driver
 from ..train.evaluation import resolved_metric_name
 from .cli import parse
 from .console import RAY_LOG, ray_output_to, tune_output_to
-from .costs import cost_table, cost_unit
+from .costs import cost_table, cost_unit, wall_clock_line
 from .fit import describe_fit, write_fit_plot
 from .interrupt import Interrupts, SearchInterrupted, duration
 from .plan import Layout, concurrency, finished_search, search_exists
@@ -144,6 +144,7 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
     layout = Layout.of(space, args.storage_path, args.optuna_storage, args.tracking_uri, args.shared_storage)
     if args.dry_run:
         print(describe(space, layout))
+        print("\n".join([wall_clock_line(space, args.gpus), *this_machine(space)]))
         return 0
     check_storage_path(layout.storage.path)
     if _finished_or_checked(args, layout, space.train.name, found):
@@ -185,6 +186,23 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
     with interrupts.tune_loop(), tune_output:  # Tune's boxes and tables: in ray.log unless --verbose
         found["results"] = tuner.fit()
     return 0
+
+
+def this_machine(space: Space) -> list[str]:
+    """--dry-run: what this machine lacks for the search (a GPU, the FID weights), found without downloading."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    lines = [f"this machine: {gpus} GPU(s)" if gpus else
+             "this machine has no GPU: the search would run on CPUs, far slower than the estimate above"]
+    if space.train.eval.features.weights == "pytorch-fid" and dataset(space.train.data.name).metric is None:
+        try:
+            found = resolve_fid_weights(space.train.eval.features.weights_path, download=False)
+            lines.append(f"FID weights: {found.path}")
+        except WeightsError:
+            lines.append("FID weights: not on this machine (the search downloads them, or give --fid-weights PATH; "
+                         "without them it stops before Ray starts)")
+    return lines
 
 
 def describe(space: Space, layout: Layout, max_concurrent: int | None = None) -> str:

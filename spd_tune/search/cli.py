@@ -34,6 +34,8 @@ def parser() -> Parser:
     p.add_argument("--resume", nargs="?", const="yes", default=None, metavar="auto",
                    help="continue an interrupted search; --resume auto continues the search if it exists and starts "
                         "it if not (what a RayJob retry or a requeued SLURM job runs)")
+    p.add_argument("--gpus", type=int, metavar="N", help="with --dry-run: the wall-clock estimate on N GPUs "
+                   "(default: the space's GPUs per trial times the trials it runs at once)")
     p.add_argument("--dry-run", action="store_true", help="print the space, the resource plan and the paths; exit")
     p.add_argument("--verbose", action="store_true", help="print Ray's and the workers' output here instead of "
                    "<output>/<space>/ray.log")

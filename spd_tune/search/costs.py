@@ -148,6 +148,22 @@ def mean_log_uniform(low: int, high: int) -> float:
     return float(low) if high <= low else (high - low) / math.log(high / low)
 
 
+def wall_clock_line(space: Space, gpus: int | None) -> str:
+    """The whole search's wall clock on ``gpus`` GPUs (default: the space's GPUs per trial times the trials it
+    runs at once), from the table's GPU-hours: their share per GPU, but never below one trial's own length."""
+    rows, _ = search_costs(space)
+    r = space.train.resources
+    per_trial = r.workers * r.gpus_per_worker
+    default = per_trial * (space.search.max_concurrent or 1)
+    n = gpus or default or 1
+    trial = (rows[0].gpu_hours + rows[1].gpu_hours) / max(per_trial, 1)  # one trial's training and rungs
+    hours = max(rows[-1].gpu_hours / n, trial)
+    source = "--gpus" if gpus else ("the space's GPUs per trial x trials at once" if default else
+                                    "the space asks for no GPU: one GPU assumed")
+    return (f"wall clock on {n:g} GPU(s) ({source}): about {hours:.3g} hours at {ASSUMPTION} "
+            f"(the whole search's GPU-hours shared out, never below one trial's {trial:.3g} hours)")
+
+
 def cost_table(space: Space) -> str:
     rows, figures = search_costs(space)
     width = max(len(r.stage) for r in rows)
