@@ -172,9 +172,11 @@ def test_champion_summary_report_and_record(stage_one, tmp_path):
     result = final.run(space, chosen, posthoc.NOT_RUN, DictStore(), Landscape(), print)
     root = tmp_path / "demo"
     root.mkdir()
-    winner = champion.crown(root, result, posthoc_ran=False)
+    winner = champion.crown(root, result, posthoc_ran=False, space=space)
     assert winner.best_dir == root / "best" and winner.judged.finalist.trial_id == "t1"
     slim = load_checkpoint(root / "best" / champion.MODEL_FILE)  # weights_only: no pickled code
+    assert (root / "best" / champion.CHAMPION_GRID).is_file()  # drawn with the sampler it is judged at
+    assert (root / "best" / champion.DATA_GRID).is_file()  # beside training images
     assert slim.extra["step"] == 40 and json.loads((root / "best" / "config.json").read_text())["process"]["m"] == 2.0
     summed = summary.summarise(space, root, chosen, posthoc.NOT_RUN, result, winner)
     doc = summed.document

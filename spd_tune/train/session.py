@@ -29,15 +29,21 @@ def write_checkpoint_dir(directory: Path, state: Checkpoint, grid: np.ndarray | 
     """checkpoint.pt (full training state) and samples.png (the evaluation's first images)."""
     save_checkpoint(Path(directory) / CHECKPOINT_FILE, state, fault=fault)
     if grid is not None and len(grid):
-        from torchvision.utils import save_image
+        save_grid(grid, Path(directory) / GRID_FILE)
 
-        images = torch.from_numpy(grid).permute(0, 3, 1, 2).float() / 255
-        nrow = int(math.ceil(math.sqrt(len(images))))
-        # nearest-neighbour upscaling to at least GRID_MIN_WIDTH px: a grid of 16 px images is visible
-        scale = max(1, math.ceil(GRID_MIN_WIDTH / (nrow * images.shape[-1])))
-        if scale > 1:
-            images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
-        save_image(images, Path(directory) / GRID_FILE, nrow=nrow, padding=2 * scale)
+
+def save_grid(grid: np.ndarray, path: Path) -> Path:
+    """uint8 images [N, H, W, 3] as one square PNG grid."""
+    from torchvision.utils import save_image
+
+    images = torch.from_numpy(np.ascontiguousarray(grid)).permute(0, 3, 1, 2).float() / 255
+    nrow = int(math.ceil(math.sqrt(len(images))))
+    # nearest-neighbour upscaling to at least GRID_MIN_WIDTH px: a grid of 16 px images is visible
+    scale = max(1, math.ceil(GRID_MIN_WIDTH / (nrow * images.shape[-1])))
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    save_image(images, path, nrow=nrow, padding=2 * scale)
+    return path
 
 
 class Session:

@@ -49,7 +49,7 @@ def conclude(space: Space, layout: Layout, results, argv: list[str] | None = Non
     studied = posthoc.run(space, layout.optuna_url, chosen, evaluate, say)
     judged = final.run(space, chosen, studied, final.StudyStore(space, layout.optuna_url), evaluate, say)
     check()
-    winner = champion.crown(layout.root, judged, studied.ran)
+    winner = champion.crown(layout.root, judged, studied.ran, space)
     summed = summary.summarise(space, layout.root, chosen, studied, judged, winner)
     for line in (summed.table, *summed.lines):
         say(line)

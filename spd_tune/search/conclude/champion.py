@@ -14,14 +14,21 @@ from pathlib import Path
 
 from ...cluster import join_storage
 from ...core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ...core.samplers import SamplerConfig
+from ...data import load_images
+from ...errors import DataError
 from ...posthoc import RunFiles, averaged_weights
+from ...sample import sample_checkpoint
 from ...train.averaging import SNAPSHOT_DIR
 from ...train.driver import local_folder
-from ...train.session import CHECKPOINT_FILE
+from ...train.session import CHECKPOINT_FILE, save_grid
+from ..space import Space
 from .final import FinalResult, Judged
 
 BEST_DIR = "best"
 MODEL_FILE = "model.pt"
+CHAMPION_GRID, DATA_GRID = "champion_samples.png", "data_samples.png"  # the report's pair of grids
+GRID_IMAGES = 16
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class Champion:
     choices: Mapping = field(default_factory=dict)  # model.pt's ema/sampling (and step/kimg of a rebuilt average)
 
 
-def crown(root: Path, final: FinalResult, posthoc_ran: bool) -> Champion | None:
+def crown(root: Path, final: FinalResult, posthoc_ran: bool, space: Space) -> Champion | None:
     """Copy and slim the first of the judged finalists; None when there is none."""
     if not final.judged:
         return None
@@ -49,7 +56,23 @@ def crown(root: Path, final: FinalResult, posthoc_ran: bool) -> Champion | None:
                 weights, step = averaged_weights(RunFiles(target / CHECKPOINT_FILE, snapshots), pick.point.sigma_rel)
             choices.update(step=step, kimg=judged.finalist.cfg.kimg_at(step))  # the weights' own training point
     export_weights(target, weights, choices)
+    write_grids(target, space, judged)
     return Champion(judged, target, choices)
+
+
+def write_grids(target: Path, space: Space, judged: Judged) -> None:
+    """The champion's samples drawn with the sampler it is judged at (from the final protocol's first seed), and
+    as many training images beside them: what the report shows."""
+    s = judged.pick.sampling if judged.pick is not None else None
+    sampler = SamplerConfig.of(s["sampler"], steps=s["steps"], eta=s["eta"]) if s else \
+        space.train.eval.sampler_config()
+    images, _ = sample_checkpoint(target / MODEL_FILE, GRID_IMAGES, sampler=sampler,
+                                  first_seed=space.search.final.seed)
+    save_grid(images, target / CHAMPION_GRID)
+    try:
+        save_grid(load_images(space.train.data)[:GRID_IMAGES], target / DATA_GRID)
+    except (DataError, OSError):  # the report then says the data was not readable here
+        pass
 
 
 def export_weights(best_dir: Path, weights: dict | None = None, choices: Mapping | None = None) -> Path:

@@ -25,6 +25,7 @@ from ..results import final_metric_name
 from ..space import Space
 from ..trials import TrialRecord
 from ..trust import rung_table
+from .champion import CHAMPION_GRID, DATA_GRID
 from .finalists import Finalists
 from .posthoc import PosthocResult
 from .summary import FRONT_FILE, Summary
@@ -254,6 +255,23 @@ def gate_section(gate: dict) -> str:
     return "\n".join(rows) + "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
 
 
+def samples_section(space: Space, info: dict, champion_grid: Path | None, baseline: dict | None,
+                  baseline_grid: Path | None) -> list[str]:
+    """The champion's samples with its judged sampler beside training images, then the rung checkpoints'."""
+    best = Path(info["best_dir"]) if info.get("best_dir") else None
+    sampling = info.get("sampling") or {}
+    how = (f"{sampling['sampler']}, {sampling['steps']} steps" if sampling else
+           f"{space.train.eval.sampler}, the rung protocol's sampler")
+    return ["<h2>Samples</h2><p>The champion's weights with the sampler it was judged at, beside training images; "
+            "the champion's and the baseline's rung checkpoints with the rung protocol's sampler.</p>"
+            "<div class=pair>",
+            grid_image(best / CHAMPION_GRID if best else None, f"champion, trial {info['trial_id']} ({how})"),
+            grid_image(best / DATA_GRID if best else None, "training images"), "</div><div class=pair>",
+            grid_image(champion_grid, f"champion's rung checkpoint, trial {info['trial_id']}"),
+            grid_image(baseline_grid, f"baseline, trial {baseline['trial_id']}" if baseline else "baseline: none"),
+            "</div>"]
+
+
 def write_report(path: Path, space: Space, records: list[TrialRecord], info: dict, *, lines: list[str], costs: dict[str, dict],
                  spent: dict, trust: dict, plain: dict[str, float], optuna_url: str, argv: list[str] | None,
                  front_png: Path | None = None, gate: dict | None = None, spectrum: dict | None = None) -> Path:
@@ -285,10 +303,7 @@ def write_report(path: Path, space: Space, records: list[TrialRecord], info: dic
     champion_grid = Path(info["best_dir"]) / "samples.png" if info.get("best_dir") else None
     baseline_grid = Path(baseline["checkpoint"]) / "samples.png" if baseline and "://" not in str(
         baseline.get("checkpoint", "")) else None
-    parts += ["<h2>Samples</h2><p>From each trial's best checkpoint, with the rung protocol's sampler.</p>"
-              "<div class=pair>", grid_image(champion_grid, f"champion, trial {info['trial_id']}"),
-              grid_image(baseline_grid, f"baseline, trial {baseline['trial_id']}" if baseline else "baseline: none"),
-              "</div>"]
+    parts += samples_section(space, info, champion_grid, baseline, baseline_grid)
     u = spent["unit"]
     parts += [f"<h2>Cost ({u}-hours)</h2><table>",
               f"<tr><td class=l>trials' training and rung evaluations</td><td>{spent['train_hours']:.4g}</td></tr>",
