@@ -194,3 +194,13 @@ def test_the_image_is_built_on_the_pinned_ray_and_python():
     assert f"FROM rayproject/ray:{ray.__version__}-{python}-gpu" in dockerfile
     tag = f"spd-tune:{ray.__version__}-{python}-gpu"
     assert tag in dockerfile and tag in RAYJOB.read_text() and tag in RAYCLUSTER.read_text()
+
+
+def test_every_entry_point_of_the_checks_still_runs():
+    import sys
+
+    for args in (["-m", "spd_tune.cluster", "check", str(SBATCH), str(RAYJOB)],  # the one command
+                 ["-m", "spd_tune.cluster", str(ROOT / "cluster" / "gpu.yaml")],  # launcher YAMLs, as before
+                 ["-m", "spd_tune.cluster_config", str(ROOT / "cluster" / "gcp.yaml")]):
+        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 0 and done.stdout.startswith("ok "), (args, done.stdout, done.stderr)
