@@ -158,10 +158,13 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
     check_available(space.train.data)
     space = dataclasses.replace(space, train=resolve_on_driver(space.train))
     layout.root.mkdir(parents=True, exist_ok=True)
+    output = None
     if not args.verbose:  # validation and preflight have passed: from here on Ray's own output goes to a file
-        log = quiet.enter_context(ray_output_to(layout.root / RAY_LOG))
-        print(f"worker and Ray output: {log} (--verbose shows it here)", flush=True)
+        output = quiet.enter_context(ray_output_to(layout.root / RAY_LOG))
+        print(f"worker and Ray output: {output.path} (--verbose shows it here)", flush=True)
     ensure_ray(args.address)
+    if output is not None:
+        output.capture_workers()
     interrupts.install()  # again: ray.init sets a SIGTERM handler of its own
     if args.resume:
         from .mlflow_runs import reopen_search_run  # MLflow: imported once the search really starts

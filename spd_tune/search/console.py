@@ -38,23 +38,45 @@ _HANDLER = "ray_print_logs"  # the name ray._private.worker gives its driver-sid
 LIBRARY_LOGGERS = ("ray", "mlflow")  # their console handlers write to the file instead
 
 
+class RayOutput:
+    """Where Ray's output goes for a search: its log records at once, its workers' output once Ray has started."""
+
+    def __init__(self, path: Path, file: TextIO):
+        self.path, self.file = path, file
+        self.saved: list | None = None
+
+    def capture_workers(self) -> None:
+        """After ray.init, which installs the printer of worker output: point it at the file instead."""
+        from ray._private import worker as ray_worker
+
+        dispatcher = ray_worker.global_worker_stdstream_dispatcher
+        ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+
+        def to_file(data: dict) -> None:
+            ray_worker.print_worker_logs(data, self.file, ignore_prefix)
+
+        self.saved = list(dispatcher.handlers)
+        if any(name == _HANDLER for name, _ in self.saved):
+            dispatcher.remove_handler(_HANDLER)
+            dispatcher.add_handler(_HANDLER, to_file)
+
+    def restore_workers(self) -> None:
+        if self.saved is not None:
+            from ray._private import worker as ray_worker
+
+            dispatcher = ray_worker.global_worker_stdstream_dispatcher
+            with dispatcher._lock:
+                dispatcher.handlers = self.saved
+
+
 @contextlib.contextmanager
-def ray_output_to(path: Path) -> Iterator[Path]:
-    """Send worker output and Ray's own log records to ``path`` (appended) while the block runs."""
+def ray_output_to(path: Path) -> Iterator[RayOutput]:
+    """Send Ray's own log records (its start-up preamble included) to ``path`` (appended) while the block runs,
+    and its workers' output too once ``capture_workers`` has been called after ray.init."""
     import mlflow  # noqa: F401  (mlflow installs its console handler when first imported: swap it after that)
-    from ray._private import worker as ray_worker
 
-    dispatcher = ray_worker.global_worker_stdstream_dispatcher
     file = open(path, "a", buffering=1)
-    saved = list(dispatcher.handlers)
-    ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
-
-    def to_file(data: dict) -> None:
-        ray_worker.print_worker_logs(data, file, ignore_prefix)
-
-    if any(name == _HANDLER for name, _ in saved):
-        dispatcher.remove_handler(_HANDLER)
-        dispatcher.add_handler(_HANDLER, to_file)
+    output = RayOutput(path, file)
     file_handler = logging.StreamHandler(file)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     moved = {}
@@ -66,13 +88,12 @@ def ray_output_to(path: Path) -> Iterator[Path]:
             logger.removeHandler(h)
         logger.addHandler(file_handler)
     try:
-        yield path
+        yield output
     finally:
         for name, handlers in moved.items():
             logger = logging.getLogger(name)
             logger.removeHandler(file_handler)
             for h in handlers:
                 logger.addHandler(h)
-        with dispatcher._lock:
-            dispatcher.handlers = saved
+        output.restore_workers()
         file.close()

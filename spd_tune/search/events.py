@@ -28,16 +28,26 @@ class TrialEvents(Callback):
         self.gate_file = gate_file
         self.best: tuple[float, str] | None = None
         self.spent: dict[str, tuple[float, float]] = {}
+        self.passed: dict[str, float] = {}  # trial id -> the highest rung it has been reported at
         self.told_let_through: set[str] = set()
 
     def __getstate__(self):
-        return {**self.__dict__, "told_let_through": set()}
+        return {**self.__dict__, "told_let_through": set(), "passed": {}}
+
+    def _new_rung(self, trial_id: str, kimg: float) -> bool:
+        """The report is the trial's first at or after a rung it had not reached (a rung's evaluation lands on
+        the first step past it: 1.024 kimg for the rung at 1 kimg)."""
+        reached = [r for r in self.rungs if r <= kimg + 1e-9]
+        if not reached or reached[-1] <= self.passed.get(trial_id, -1.0):
+            return False
+        self.passed[trial_id] = reached[-1]
+        return True
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         kimg = float(result.get("kimg") or 0.0)
         self.spent[trial.trial_id] = (float(result.get("time_total_s") or 0.0), kimg)
         score = result.get(self.metric)
-        if not isinstance(score, (int, float)) or not any(abs(kimg - r) < 1e-6 for r in self.rungs):
+        if not isinstance(score, (int, float)) or not self._new_rung(trial.trial_id, kimg):
             return
         if math.isfinite(score) and (self.best is None or score < self.best[0]):
             self.best = (float(score), trial.trial_id)
