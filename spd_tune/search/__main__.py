@@ -157,11 +157,9 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
         raise ConfigError(f"the Inception weights found are not pytorch-fid's: scores would not be {space.metric}")
     check_available(space.train.data)
     space = dataclasses.replace(space, train=resolve_on_driver(space.train))
-    layout.root.mkdir(parents=True, exist_ok=True)
     output = None
-    if not args.verbose:  # validation and preflight have passed: from here on Ray's own output goes to a file
+    if not args.verbose:  # validation and preflight have passed: from here on Ray's own output goes to ray.log
         output = quiet.enter_context(ray_output_to(layout.root / RAY_LOG))
-        print(f"worker and Ray output: {output.path} (--verbose shows it here)", flush=True)
     ensure_ray(args.address)
     if output is not None:
         output.capture_workers()
@@ -173,6 +171,10 @@ def _search(args: argparse.Namespace, sets: list[str], found: dict, quiet: conte
     check_storage(layout.storage)
     driver = driver_resources()
     max_concurrent = concurrency(space, driver)
+    layout.root.mkdir(parents=True, exist_ok=True)  # every check has passed: the search's folder may be written
+    if output is not None:
+        output.to_file()
+        print(f"worker and Ray output: {output.path} (--verbose shows it here)", flush=True)
     # save Tune's experiment state (trials + searcher) at every step, so a killed driver loses as little
     # as possible; what it still loses is reconciled after the resumed search (a signal saves it at once)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")

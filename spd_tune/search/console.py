@@ -10,6 +10,7 @@ through the ``ray`` logger; both are pointed at the file for the search's durati
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import sys
 from pathlib import Path
@@ -39,45 +40,60 @@ LIBRARY_LOGGERS = ("ray", "mlflow")  # their console handlers write to the file 
 
 
 class RayOutput:
-    """Where Ray's output goes for a search: its log records at once, its workers' output once Ray has started."""
+    """Where Ray's output goes for a search: held in memory until the search's folder may be written (a search
+    refused after Ray started writes nothing), then the file; its workers' output once Ray has started."""
 
-    def __init__(self, path: Path, file: TextIO):
-        self.path, self.file = path, file
+    def __init__(self, path: Path):
+        self.path = path
+        self.stream: TextIO = io.StringIO()
         self.saved: list | None = None
 
+    def write(self, text: str) -> int:
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def to_file(self) -> None:
+        """The checks have passed: the folder is created, and what was held goes first into the file."""
+        held = self.stream.getvalue()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stream = open(self.path, "a", buffering=1)
+        self.stream.write(held)
+
     def capture_workers(self) -> None:
-        """After ray.init, which installs the printer of worker output: point it at the file instead."""
+        """After ray.init, which installs the printer of worker output: point it here instead."""
         from ray._private import worker as ray_worker
 
         dispatcher = ray_worker.global_worker_stdstream_dispatcher
         ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
 
         def to_file(data: dict) -> None:
-            ray_worker.print_worker_logs(data, self.file, ignore_prefix)
+            ray_worker.print_worker_logs(data, self, ignore_prefix)
 
         self.saved = list(dispatcher.handlers)
         if any(name == _HANDLER for name, _ in self.saved):
             dispatcher.remove_handler(_HANDLER)
             dispatcher.add_handler(_HANDLER, to_file)
 
-    def restore_workers(self) -> None:
+    def close(self) -> None:
         if self.saved is not None:
             from ray._private import worker as ray_worker
 
             dispatcher = ray_worker.global_worker_stdstream_dispatcher
             with dispatcher._lock:
                 dispatcher.handlers = self.saved
+        self.stream.close()
 
 
 @contextlib.contextmanager
 def ray_output_to(path: Path) -> Iterator[RayOutput]:
-    """Send Ray's own log records (its start-up preamble included) to ``path`` (appended) while the block runs,
-    and its workers' output too once ``capture_workers`` has been called after ray.init."""
+    """Send Ray's own log records (its start-up preamble included) to ``path`` while the block runs (held in
+    memory until ``to_file``), and its workers' output too once ``capture_workers`` has been called."""
     import mlflow  # noqa: F401  (mlflow installs its console handler when first imported: swap it after that)
 
-    file = open(path, "a", buffering=1)
-    output = RayOutput(path, file)
-    file_handler = logging.StreamHandler(file)
+    output = RayOutput(path)
+    file_handler = logging.StreamHandler(output)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     moved = {}
     for name in LIBRARY_LOGGERS:
@@ -95,5 +111,4 @@ def ray_output_to(path: Path) -> Iterator[RayOutput]:
             logger.removeHandler(file_handler)
             for h in handlers:
                 logger.addHandler(h)
-        output.restore_workers()
-        file.close()
+        output.close()

@@ -26,6 +26,7 @@ import optuna
 from ray.tune.search import Searcher
 
 from ..train.config import nimg
+from .console import say
 from .costs import Budget
 from .space import ParamSpec, Space
 from .trials import diverged, stopped_early
@@ -189,9 +190,9 @@ class BudgetLimiter(_PickledState):
         if not self.budget.allows_another(self.spent):
             if not self.said:
                 self.said = True
-                print(f"[spd-tune] budget: {self.budget.spent_hours(self.spent):.4g} of {self.budget.hours:g} "
-                      f"{self.budget.unit}-hours spent, one more trial would take about "
-                      f"{self.budget.projected_trial_hours(self.spent):.4g}: no new trials", flush=True)
+                say(f"[spd-tune] budget: {self.budget.spent_hours(self.spent):.4g} of {self.budget.hours:g} "
+                    f"{self.budget.unit}-hours spent, one more trial would take about "
+                    f"{self.budget.projected_trial_hours(self.spent):.4g}: no new trials")
             return Searcher.FINISHED
         return self.searcher.suggest(trial_id)
 
